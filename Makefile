@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine (Python 3.11+):
+#   make run   - install on first use, then start the Dagster UI (127.0.0.1:3000), the daemon
+#                and the built-in demo agent with the example catalog
+#   make test  - install on first use, then run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test validate lint clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "agent_pipelines needs Python 3.11+: run make PYTHON=python3.11 ...")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/agent-pipelines up
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+validate: $(STAMP)
+	$(BIN)/agent-pipelines validate
+
+lint: $(STAMP)
+	$(BIN)/ruff check --select F,E9,B006,B008 agent_pipelines assets resources sensors tests benchmarks
+
+clean:
+	rm -rf $(VENV) .dagster_home .pytest_cache
