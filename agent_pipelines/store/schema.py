@@ -1,0 +1,162 @@
+"""Tables agent_pipelines keeps beside Dagster's own storage.
+
+They live in the same PostgreSQL database as Dagster when one is configured (so one backup
+covers both), else in `agent_pipelines.db` under DAGSTER_HOME. Every name carries the
+`agent_pipelines_` prefix so it never collides with Dagster's tables, and the migrations keep
+their own version table because Dagster's alembic uses the default `alembic_version`.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+VERSION_TABLE = "agent_pipelines_alembic_version"
+
+metadata = sa.MetaData()
+
+executions = sa.Table(
+    "agent_pipelines_executions",
+    metadata,
+    # One row per execution of a task: every attempt of it shares the idempotency key.
+    sa.Column("idempotency_key", sa.String(255), primary_key=True),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("agent", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("trigger", sa.String(32), nullable=False),
+    sa.Column("due_time", sa.DateTime(timezone=True)),
+    sa.Column("prompt_version", sa.String(64)),
+    # claimed -> running -> succeeded | failed; missed (a misfire the policy skipped);
+    # catchup (a misfire reserved for a catch-up run)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(16)),  # ok | failed | unknown (the agent may have acted)
+    sa.Column("failure_kind", sa.String(32)),  # resources.agents.base.FailureKind
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # when the request left for the agent, and how long after its due time
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("lateness_ms", sa.Float),
+    sa.Index("ix_agent_pipelines_executions_task_created", "task", "created_at"),
+    sa.Index("ix_agent_pipelines_executions_run", "run_id"),
+    sa.Index("ix_agent_pipelines_executions_task_due", "task", "due_time"),
+)
+
+task_sessions = sa.Table(
+    "agent_pipelines_task_sessions",
+    metadata,
+    # The id an agent handed back for a `session: task` conversation (Hermes, Dify).
+    sa.Column("task", sa.String(128), primary_key=True),
+    sa.Column("agent", sa.String(128), nullable=False),
+    sa.Column("remote_id", sa.String(255), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+session_messages = sa.Table(
+    "agent_pipelines_session_messages",
+    metadata,
+    # History replayed to stateless endpoints for `session: task`.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_pipelines_session_messages_task_id", "task", "id"),
+)
+
+events = sa.Table(
+    "agent_pipelines_events",
+    metadata,
+    # Accepted by the ingress, stored before it answers 2xx; `seq` orders them for sensors.
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("source", sa.String(128), nullable=False),
+    sa.Column("type", sa.String(255), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_pipelines_events_received", "received_at"),
+)
+
+task_states = sa.Table(
+    "agent_pipelines_task_states",
+    metadata,
+    # Paused tasks are not triggered; the catalog's `enabled` stays the declared default.
+    sa.Column("task", sa.String(128), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("changed_by", sa.String(255)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+run_requests = sa.Table(
+    "agent_pipelines_run_requests",
+    metadata,
+    # "Run now" from the CLI or the control job, launched by the scheduler sensor.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("requested_by", sa.String(255)),
+    sa.Column("variables", sa.Text),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("launched_at", sa.DateTime(timezone=True)),
+)
+
+prompt_versions = sa.Table(
+    "agent_pipelines_prompt_versions",
+    metadata,
+    # Every prompt a task has used. `base_version` is the catalog version it descends from: a
+    # tuned version only applies while the catalog still says what it was tuned from.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("parent_version", sa.String(64)),
+    sa.Column("base_version", sa.String(64), nullable=False),
+    sa.Column("author", sa.String(255)),
+    sa.Column("reason", sa.String(16), nullable=False),  # catalog | tuner | manual | rollback
+    sa.Column("status", sa.String(16), nullable=False),  # active | candidate | retired
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("system", sa.Text),
+    sa.Column("parameters", sa.Text, nullable=False),  # JSON: timeout, retries
+    sa.Column("motivation", sa.Text, nullable=False),  # JSON: rationale, failing executions, runs
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("task", "version", name="uq_agent_pipelines_prompt_versions_task_version"),
+    sa.Index("ix_agent_pipelines_prompt_versions_task_status", "task", "status"),
+)
+
+prompt_events = sa.Table(
+    "agent_pipelines_prompt_events",
+    metadata,
+    # The audit trail: register, promote, retire, rollback, approve, reject.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(255)),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_pipelines_prompt_events_task", "task", "id"),
+)
+
+evaluations = sa.Table(
+    "agent_pipelines_evaluations",
+    metadata,
+    # One row per check per execution, with the prompt version it judged.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("idempotency_key", sa.String(255), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("check_name", sa.String(64), nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("details", sa.Text),
+    sa.Column("canary", sa.Boolean, nullable=False),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("tokens", sa.Integer),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_pipelines_evaluations_task_version", "task", "version"),
+    sa.Index("ix_agent_pipelines_evaluations_task_created", "task", "created_at"),
+)
