@@ -1,0 +1,123 @@
+"""The HTTP client under the agent clients: aiohttp by default, httpx on request.
+
+Measured on this 2-core machine (benchmarks/RESULTS.md), httpx's async client spends several
+milliseconds of CPU per request: 40 requests sent at one instant reach a loopback agent spread
+over ~170 ms, 200 over ~1.9 s; aiohttp sends the same in ~2-40 ms and ~0.2 s. On the hot path
+of a scheduler that must send a burst of due tasks at once that decides the figures, so aiohttp
+is the default (`http_client: aiohttp`) and httpx remains available (`http_client: httpx`).
+
+Each transport turns its own exceptions into the same classified `AgentCallError`s, so the
+retry rules do not depend on the client.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import httpx
+
+from resources.agents.base import AgentCallError, FailureKind
+
+HttpClientName = Literal["aiohttp", "httpx"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A finished HTTP response, independent of the client that fetched it."""
+
+    status_code: int
+    headers: Mapping[str, str]  # case-insensitive
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class Transport(abc.ABC):
+    @abc.abstractmethod
+    async def post(self, url: str, *, body: Any, headers: Mapping[str, str], timeout_s: float) -> Reply:
+        """POST JSON; raise a classified `AgentCallError` for anything but a response."""
+
+
+def _config_error(url: str, exc: BaseException) -> AgentCallError:
+    # The exception text is left out: it may quote a header, i.e. the token.
+    return AgentCallError(
+        FailureKind.CONFIG,
+        f"cannot send to {url}: {type(exc).__name__} (check the base_url scheme and headers)",
+    )
+
+
+def _timeout(url: str) -> AgentCallError:
+    return AgentCallError(
+        FailureKind.TIMEOUT,
+        f"no answer from {url} before the timeout; the agent may still complete the request",
+    )
+
+
+def _disconnected(url: str, exc: BaseException) -> AgentCallError:
+    return AgentCallError(FailureKind.DISCONNECTED, f"connection to {url} dropped after the request was sent: {exc!r}")
+
+
+class HttpxTransport(Transport):
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def post(self, url: str, *, body: Any, headers: Mapping[str, str], timeout_s: float) -> Reply:
+        timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+        try:
+            response = await self.client.post(url, json=body, headers=dict(headers), timeout=timeout)
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL, UnicodeEncodeError) as exc:
+            raise _config_error(url, exc) from exc
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise AgentCallError(FailureKind.CONNECTION, f"could not connect to {url} in time") from exc
+        except httpx.TimeoutException as exc:
+            raise _timeout(url) from exc
+        except httpx.ConnectError as exc:
+            raise AgentCallError(FailureKind.CONNECTION, f"connection to {url} failed: {exc}") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise _disconnected(url, exc) from exc
+        except httpx.HTTPError as exc:
+            raise AgentCallError(FailureKind.CONNECTION, f"request to {url} failed: {exc!r}") from exc
+        return Reply(response.status_code, response.headers, response.content)
+
+
+class AiohttpTransport(Transport):
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def post(self, url: str, *, body: Any, headers: Mapping[str, str], timeout_s: float) -> Reply:
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
+        try:
+            async with self.session.post(url, json=body, headers=dict(headers), timeout=timeout) as response:
+                content = await response.read()
+                return Reply(response.status, response.headers, content)
+        except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError, UnicodeEncodeError) as exc:
+            raise _config_error(url, exc) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise AgentCallError(FailureKind.CONNECTION, f"could not connect to {url} in time") from exc
+        except (asyncio.TimeoutError, aiohttp.SocketTimeoutError) as exc:
+            raise _timeout(url) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise AgentCallError(FailureKind.CONNECTION, f"connection to {url} failed: {exc}") from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+            raise _disconnected(url, exc) from exc
+        except aiohttp.ClientError as exc:
+            raise AgentCallError(FailureKind.CONNECTION, f"request to {url} failed: {exc!r}") from exc
+
+
+def as_transport(http: Transport | httpx.AsyncClient | aiohttp.ClientSession) -> Transport:
+    if isinstance(http, Transport):
+        return http
+    if isinstance(http, httpx.AsyncClient):
+        return HttpxTransport(http)
+    return AiohttpTransport(http)

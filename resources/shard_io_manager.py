@@ -1,0 +1,376 @@
+"""Shard results as Parquet files: the IO manager of batch tasks hands on paths, never payloads.
+
+A shard can hold thousands of agent outputs, so batch steps stream rows into a `ShardWriter`
+and return a `ShardFile`; downstream steps receive file paths and stream them themselves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item", pa.string(), nullable=False),  # JSON of the item's fields
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("node", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # "ok" | "failed"
+        pa.field("output", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("tokens_in", pa.int64()),
+        pa.field("tokens_out", pa.int64()),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
+RESULT_STATUSES = ("ok", "failed")
+_REQUIRED_COLUMNS = frozenset(f.name for f in RESULT_SCHEMA if not f.nullable) - {"finished_at"}
+
+#: File name of an unpartitioned asset's results.
+UNPARTITIONED_FILE = "all.parquet"
+_MAX_FILE_STEM = 150
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """A finished results file: what batch steps return instead of a DataFrame."""
+
+    path: str
+    rows: int
+
+
+class ShardWriter:
+    """Writes result rows to `path` in row groups of at most `flush_rows`, atomically.
+
+    Rows go to a temporary file beside `path`, renamed over it only on a clean exit: a failed
+    shard leaves the previous results (if any) untouched and no temporary file behind.
+    """
+
+    def __init__(self, path: str | Path, *, flush_rows: int = 1000) -> None:
+        if flush_rows < 1:
+            raise ValueError(f"flush_rows must be at least 1, got {flush_rows}")
+        self.path = Path(path)
+        self.flush_rows = flush_rows
+        self.rows = 0
+        self.result: ShardFile | None = None  # set by close()
+        self._temp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self._buffer: list[dict[str, Any]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._aborted = False
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def open(self) -> None:
+        if self._aborted:
+            raise RuntimeError(f"ShardWriter for {self.path} was aborted")
+        if self._writer is not None or self.result is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(self._temp, RESULT_SCHEMA)
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Buffer one result row; `item` may be a dict (JSON-encoded here)."""
+        if self._writer is None:
+            raise RuntimeError("ShardWriter is not open: use it as a context manager")
+        self._buffer.append(_result_row(row))
+        self.rows += 1
+        if len(self._buffer) >= self.flush_rows:
+            self.flush()
+
+    def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.write(row)
+
+    def flush(self) -> None:
+        if self._writer is None or not self._buffer:
+            return
+        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=RESULT_SCHEMA))
+        self._buffer = []
+
+    def close(self) -> ShardFile:
+        """Finish the file and move it into place; returns the `ShardFile`."""
+        if self.result is not None:
+            return self.result
+        self.open()
+        try:
+            self.flush()
+            assert self._writer is not None
+            self._writer.close()
+            self._writer = None
+            os.replace(self._temp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self.result = ShardFile(path=str(self.path), rows=self.rows)
+        return self.result
+
+    def abort(self) -> None:
+        """Drop everything written so far; the target file keeps its previous content."""
+        self._aborted = self.result is None
+        self._buffer = []
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._writer = None
+        self._temp.unlink(missing_ok=True)
+
+
+class ShardParquetIOManager(dg.ConfigurableIOManager):
+    """Stores each partition of an asset as one Parquet file and loads inputs as paths.
+
+    Partitioned upstream assets load as `{partition_key: path}` (only existing files);
+    unpartitioned ones as a single path.
+    """
+
+    base_dir: str | None = None
+
+    def root(self) -> Path:
+        if self.base_dir:
+            return Path(self.base_dir)
+        home = os.environ.get("DAGSTER_HOME")
+        if not home:
+            raise dg.DagsterInvariantViolationError(
+                "ShardParquetIOManager needs base_dir or $DAGSTER_HOME "
+                "to know where to write results"
+            )
+        return Path(home) / "storage" / "agent_pipelines"
+
+    def path_for(self, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
+        directory = self.root().joinpath(*(_safe_name(part) for part in asset_key.path))
+        if partition_key is None:
+            return directory / UNPARTITIONED_FILE
+        return directory / f"{_file_stem(partition_key)}.parquet"
+
+    def open_writer(
+        self, asset_key: dg.AssetKey, partition_key: str | None, flush_rows: int = 1000
+    ) -> ShardWriter:
+        return ShardWriter(self.path_for(asset_key, partition_key), flush_rows=flush_rows)
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        asset_key = _asset_key(context)
+        partition_keys = (
+            list(context.asset_partition_keys) if context.has_asset_partitions else [None]
+        )
+        if isinstance(obj, Mapping):
+            # One run materializing several partitions (single-run backfill): one file each.
+            unknown = set(obj) - set(partition_keys)
+            if unknown:
+                raise dg.DagsterInvariantViolationError(
+                    f"{asset_key.to_user_string()}: results for partitions {sorted(unknown)} "
+                    f"not in this run's partitions {partition_keys}"
+                )
+            stored = {key: self._store(asset_key, key, value) for key, value in obj.items()}
+            context.add_output_metadata(
+                {
+                    "rows": sum(f.rows for f in stored.values()),
+                    "partitions": len(stored),
+                    "path": dg.MetadataValue.path(str(self.path_for(asset_key, None).parent)),
+                }
+            )
+            return
+        if len(partition_keys) != 1:
+            raise dg.DagsterInvariantViolationError(
+                f"{asset_key.to_user_string()} materializes {len(partition_keys)} partitions "
+                "in one run: return a dict {partition_key: ShardFile} with one file per partition"
+            )
+        shard = self._store(asset_key, partition_keys[0], obj)
+        context.add_output_metadata({"path": dg.MetadataValue.path(shard.path), "rows": shard.rows})
+
+    def load_input(self, context: dg.InputContext) -> dict[str, str] | str:
+        asset_key = _asset_key(context)
+        if not context.has_asset_partitions:
+            path = self.path_for(asset_key, None)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"no results for {asset_key.to_user_string()} at {path}: materialize it first"
+                )
+            return str(path)
+        paths: dict[str, str] = {}
+        missing: list[str] = []
+        for key in context.asset_partition_keys:
+            path = self.path_for(asset_key, key)
+            if path.exists():
+                paths[key] = str(path)
+            else:
+                missing.append(key)
+        if missing:
+            shown = ", ".join(missing[:20]) + (
+                f" … (+{len(missing) - 20})" if len(missing) > 20 else ""
+            )
+            context.log.warning(
+                f"{asset_key.to_user_string()}: {len(missing)} partition(s) have no results file "
+                f"and are left out: {shown}"
+            )
+        return paths
+
+    def _store(self, asset_key: dg.AssetKey, partition_key: str | None, obj: Any) -> ShardFile:
+        target = self.path_for(asset_key, partition_key)
+        if isinstance(obj, ShardFile):
+            source = Path(obj.path)
+            if not source.exists():
+                raise FileNotFoundError(
+                    f"{asset_key.to_user_string()}: results file {source} does not exist"
+                )
+            if source.resolve() != target.resolve():
+                _move_atomically(source, target)
+            return ShardFile(path=str(target), rows=obj.rows)
+        if isinstance(obj, pd.DataFrame):
+            _write_atomically(pa.Table.from_pandas(obj, preserve_index=False), target)
+            return ShardFile(path=str(target), rows=len(obj))
+        raise dg.DagsterInvariantViolationError(
+            f"ShardParquetIOManager stores a ShardFile, a pandas DataFrame or None, "
+            f"not {type(obj).__name__} ({asset_key.to_user_string()})"
+        )
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """One results file as a DataFrame: for a single shard, never for all of them at once."""
+    return pq.read_table(path).to_pandas()
+
+
+def iter_result_batches(
+    paths: Iterable[str | Path], batch_rows: int = 10_000
+) -> Iterator[pa.RecordBatch]:
+    """Stream several results files in batches of at most `batch_rows` rows."""
+    for path in paths:
+        with pq.ParquetFile(path) as parquet:
+            yield from parquet.iter_batches(batch_size=batch_rows)
+
+
+def write_combined(paths: Iterable[str | Path], target: Path, *, batch_rows: int = 10_000) -> int:
+    """Stream all `paths` into one Parquet file at `target` (atomically); returns its rows."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in iter_result_batches(paths, batch_rows):
+            if writer is None:
+                writer = pq.ParquetWriter(temp, batch.schema)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+        if writer is None:
+            writer = pq.ParquetWriter(temp, RESULT_SCHEMA)
+        writer.close()
+        writer = None
+        os.replace(temp, target)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        temp.unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def _result_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(row) - set(RESULT_COLUMNS)
+    if unknown:
+        raise ValueError(
+            f"unknown result columns {sorted(unknown)}: expected {', '.join(RESULT_COLUMNS)}"
+        )
+    missing = _REQUIRED_COLUMNS - {k for k, v in row.items() if v is not None}
+    if missing:
+        raise ValueError(
+            f"result row for item {row.get('item_id')!r} lacks {', '.join(sorted(missing))}"
+        )
+    if row["status"] not in RESULT_STATUSES:
+        raise ValueError(f"result status must be one of {RESULT_STATUSES}, got {row['status']!r}")
+    out = {name: row.get(name) for name in RESULT_COLUMNS}
+    item = out["item"]
+    if not isinstance(item, str):
+        out["item"] = json.dumps(item, ensure_ascii=False, default=str)
+    if out["finished_at"] is None:
+        out["finished_at"] = dt.datetime.now(dt.UTC)
+    return out
+
+
+def _write_atomically(table: pa.Table, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, temp)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _move_atomically(source: Path, target: Path) -> None:
+    """Rename `source` over `target`; across file systems copy beside `target` first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    source.unlink()
+
+
+def _file_stem(key: str) -> str:
+    """A file-system-safe, collision-free name for a partition key or asset key part.
+
+    Percent-encoding is reversible; keys with ASCII capitals (which collide on
+    case-insensitive file systems) or long ones also get a hash suffix after a "+", a
+    character the encoding never leaves bare.
+    """
+    stem = _safe_name(key)
+    if len(stem) > _MAX_FILE_STEM or any("A" <= ch <= "Z" for ch in key):
+        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:10]
+        stem = f"{stem[:_MAX_FILE_STEM]}+{digest}"
+    return stem
+
+
+def _safe_name(key: str) -> str:
+    """Percent-encoded, with a leading "." encoded too: never hidden, never "." or ".."."""
+    name = quote(key, safe="")
+    return "%2E" + name[1:] if name.startswith(".") else name or "%00"
+
+
+def _asset_key(context: dg.InputContext | dg.OutputContext) -> dg.AssetKey:
+    if not context.has_asset_key:
+        raise dg.DagsterInvariantViolationError(
+            "ShardParquetIOManager stores asset outputs only; this input/output has no asset key"
+        )
+    return context.asset_key
