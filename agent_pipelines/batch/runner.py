@@ -1,0 +1,432 @@
+"""Running a batch task's shards: every item once, concurrently, over healthy agent nodes.
+
+One Dagster step runs all shards of its partition range in one event loop (a single-run
+backfill: one process instead of one per shard). Each shard streams its items from the source
+in bounded batches, sends them to its node (bounded by the node's `max_concurrency` and rate
+limit), retries items on their own, and streams results into its Parquet file; memory stays
+flat whatever the number of items. A node that is down before the run (health check) or goes
+down during it (connections refused) hands its shards to the next healthy node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import statistics
+import tempfile
+import zoneinfo
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+
+from agent_pipelines.batch.items import Item, partition_key_for, read_item_batches, shard_of
+from agent_pipelines.batch.limits import RateLimiter
+from agent_pipelines.catalog.model import AgentSpecBase, TaskSpec
+from agent_pipelines.catalog.templates import TemplateProblem, render
+from resources.agent_resource import AgentConnection, AgentResource
+from resources.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
+
+UTC = dt.timezone.utc
+#: Items read from the source per batch, per shard.
+READ_BATCH_ROWS = 1000
+#: Results buffered before they go to the shard's Parquet file.
+WRITE_BATCH_ROWS = 500
+#: Consecutive connection failures after which a node counts as down.
+NODE_DOWN_AFTER = 3
+MAX_RATE_LIMIT_RETRIES = 20
+SAMPLE_FAILURES = 5
+
+
+@dataclass
+class Node:
+    name: str
+    spec: AgentSpecBase
+    health_path: str | None = None
+    limiter: RateLimiter = field(init=False)
+    connection: AgentConnection | None = None
+    down_reason: str | None = None
+    consecutive_connection_failures: int = 0
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.spec.rate_limit)
+
+    @property
+    def up(self) -> bool:
+        return self.down_reason is None
+
+
+@dataclass
+class ShardSummary:
+    key: str
+    node: str
+    path: str | None = None
+    items: int = 0
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latencies: list[float] = field(default_factory=list)
+    failure_samples: list[dict[str, str]] = field(default_factory=list)
+    moves: list[str] = field(default_factory=list)  # "node0 -> node1: connection refused"
+    error: str | None = None  # the shard could not run at all
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.failed / self.items if self.items else 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        if len(self.latencies) == 1:
+            return self.latencies[0]
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
+
+
+ItemSource = Callable[[], Iterator[list[Item]]]
+WriterFactory = Callable[[str], contextlib.AbstractContextManager]
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        *,
+        task: TaskSpec,
+        nodes: Sequence[Node],
+        shard_keys: Sequence[str],
+        source: ItemSource,
+        open_writer: WriterFactory,
+        trigger_ref: str,
+        variables: dict[str, Any] | None = None,
+        log: logging.Logger | Any = None,
+    ) -> None:
+        self.task = task
+        self.nodes = list(nodes)
+        self.all_shard_keys = list(shard_keys)
+        self.source = source
+        self.open_writer = open_writer
+        self.trigger_ref = trigger_ref
+        self.variables = {**task.variables, **(variables or {})}
+        self.log = log or logging.getLogger(__name__)
+        self.zone = zoneinfo.ZoneInfo(task.timezone)
+        self._by_name = {node.name: node for node in self.nodes}
+        self._shards_per_node: dict[str, int] = {}
+
+    # -- shard -> node -----------------------------------------------------------------------
+
+    def shard_for(self, item: Item) -> str:
+        if self.task.shard_by is not None:
+            return partition_key_for(item.fields.get(self.task.shard_by))
+        return shard_of(item.id, self.all_shard_keys)
+
+    def home_node(self, shard_key: str) -> Node:
+        """A fleet shard named after a node goes to that node; others are spread round-robin."""
+        by_name = {node.name: node for node in self.nodes}
+        if shard_key in by_name:
+            return by_name[shard_key]
+        index = self.all_shard_keys.index(shard_key) if shard_key in self.all_shard_keys else hash_index(shard_key)
+        return self.nodes[index % len(self.nodes)]
+
+    def next_up(self, after: Node) -> Node | None:
+        start = self.nodes.index(after)
+        for offset in range(1, len(self.nodes) + 1):
+            candidate = self.nodes[(start + offset) % len(self.nodes)]
+            if candidate.up:
+                return candidate
+        return None
+
+    # -- the run --------------------------------------------------------------------------------
+
+    async def run(self, shard_keys: Sequence[str]) -> list[ShardSummary]:
+        async with self._connections():
+            await self._check_health()
+            with tempfile.TemporaryDirectory(prefix="agent-pipelines-shards-") as spool:
+                files = await asyncio.to_thread(self._split, list(shard_keys), Path(spool))
+                homes = [self.home_node(key).name for key in shard_keys]
+                self._shards_per_node = {name: homes.count(name) for name in set(homes)}
+                return list(await asyncio.gather(*(self._run_shard(key, files[key]) for key in shard_keys)))
+
+    def _split(self, keys: list[str], directory: Path) -> dict[str, Path]:
+        """Read the items once and spool each shard's items to its own file.
+
+        Every shard reading the whole source would parse it once per shard; spooling keeps one
+        pass, and memory flat (only file buffers), whatever the number of items.
+        """
+        files = {key: directory / f"{index}.jsonl" for index, key in enumerate(keys)}
+        handles = {key: path.open("w", encoding="utf-8") for key, path in files.items()}
+        try:
+            for batch in self.source():
+                for item in batch:
+                    handle = handles.get(self.shard_for(item))
+                    if handle is not None:  # items of shards outside this run are left alone
+                        handle.write(json.dumps([item.id, item.fields], default=str) + "\n")
+        finally:
+            for handle in handles.values():
+                handle.close()
+        return files
+
+    @contextlib.asynccontextmanager
+    async def _connections(self) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for node in self.nodes:
+                try:
+                    node.connection = await stack.enter_async_context(AgentResource.from_spec(node.spec).connect())
+                except AgentCallError as error:
+                    node.down_reason = error.message
+            yield
+
+    async def _check_health(self) -> None:
+        async def check(node: Node) -> None:
+            if not node.up:
+                return
+            node.down_reason = await probe(node)
+            if node.down_reason:
+                self.log.warning(f"node {node.name} is down before the run: {node.down_reason}")
+
+        await asyncio.gather(*(check(node) for node in self.nodes))
+
+    async def _run_shard(self, key: str, spooled: Path) -> ShardSummary:
+        node = self.home_node(key)
+        summary = ShardSummary(key=key, node=node.name)
+        if not node.up:
+            replacement = self.next_up(node)
+            if replacement is None:
+                summary.error = "no healthy node left in the fleet"
+                return summary
+            self._move(summary, node, replacement, node.down_reason or "down")
+        try:
+            with self.open_writer(key) as writer:
+                await self._stream(key, summary, writer, spooled)
+                summary.path = str(getattr(writer, "path", "")) or None
+            final = getattr(writer, "result", None)
+            if final is not None:
+                summary.path = str(final.path)
+        except Exception as exc:  # noqa: BLE001 - one broken shard must not take the others down
+            summary.error = f"{type(exc).__name__}: {exc}"
+            self.log.error(f"shard {key} failed: {summary.error}")
+        return summary
+
+    async def _stream(self, key: str, summary: ShardSummary, writer: Any, spooled: Path) -> None:
+        """A fixed pool of workers (the node's `max_concurrency`) pulls the shard's items from a
+        bounded queue: no task per item, and at most a queue's worth of items in memory."""
+        # A node's concurrency is shared by the shards that start on it: more workers would only
+        # queue on the node's semaphore.
+        node = self._current(summary)
+        sharing = max(1, self._shards_per_node.get(node.name, 1))
+        workers = max(1, -(-node.spec.max_concurrency // sharing))
+        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=workers * 4)
+        results: list[dict[str, Any]] = []
+        write_lock = asyncio.Lock()
+
+        async def flush(minimum: int) -> None:
+            if len(results) < minimum:
+                return
+            async with write_lock:
+                rows = results[:]
+                results.clear()
+                if rows:
+                    await asyncio.to_thread(writer.write_rows, rows)
+
+        async def produce() -> None:
+            iterator = read_spooled(spooled)
+            while (batch := await asyncio.to_thread(next, iterator, None)) is not None:
+                for item in batch:
+                    summary.items += 1
+                    await queue.put(item)
+            for _ in range(workers):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (item := await queue.get()) is not None:
+                results.append(await self._run_item(item, key, summary))
+                await flush(WRITE_BATCH_ROWS)
+
+        await asyncio.gather(produce(), *(work() for _ in range(workers)))
+        await flush(1)
+
+    def _current(self, summary: ShardSummary) -> Node:
+        return self._by_name[summary.node]
+
+    def _move(self, summary: ShardSummary, from_node: Node, to_node: Node, reason: str) -> None:
+        summary.moves.append(f"{from_node.name} -> {to_node.name}: {reason}")
+        summary.node = to_node.name
+        self.log.warning(f"shard {summary.key}: node {from_node.name} is down ({reason}); its items go to {to_node.name}")
+
+    # -- one item -------------------------------------------------------------------------------
+
+    async def _run_item(self, item: Item, key: str, summary: ShardSummary) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "item_id": item.id,
+            "item": item.fields,
+            "shard": key,
+            "node": summary.node,
+            "status": "failed",
+            "output": None,
+            "error": None,
+            "latency_ms": None,
+            "tokens_in": None,
+            "tokens_out": None,
+            "attempts": 0,
+        }
+        try:
+            request = self._request(item, key)
+        except TemplateProblem as problem:
+            return self._finish(row, summary, error=f"config: prompt: {problem.message}")
+        retries = rate_limited = 0
+        while True:
+            node = self._current(summary)
+            if not node.up:
+                replacement = self.next_up(node)
+                if replacement is None:
+                    return self._finish(row, summary, error="connection: no healthy node left in the fleet")
+                self._move(summary, node, replacement, node.down_reason or "down")
+                node = replacement
+            await node.limiter.acquire()
+            row["attempts"] += 1
+            row["node"] = node.name
+            try:
+                assert node.connection is not None
+                response = await node.connection.invoke(request)
+            except AgentCallError as error:
+                if error.kind is FailureKind.RATE_LIMITED and rate_limited < MAX_RATE_LIMIT_RETRIES:
+                    rate_limited += 1
+                    node.limiter.pause(error.retry_after_s if error.retry_after_s is not None else 1.0)
+                    continue
+                if error.kind is FailureKind.CONNECTION:
+                    node.consecutive_connection_failures += 1
+                    if node.consecutive_connection_failures >= NODE_DOWN_AFTER and node.up:
+                        node.down_reason = error.message
+                        if self.next_up(node) is not None:
+                            continue  # to a healthy node, without using up a retry
+                if error.is_retryable(self.task.idempotent) and retries < self.task.retries.count:
+                    retries += 1
+                    await asyncio.sleep(self._backoff(retries))
+                    continue
+                return self._finish(row, summary, error=error.describe())
+            node.consecutive_connection_failures = 0
+            node.limiter.spent_tokens((response.tokens_in or 0) + (response.tokens_out or 0))
+            row.update(
+                status="ok",
+                output=response.output,
+                latency_ms=response.latency_ms,
+                tokens_in=response.tokens_in,
+                tokens_out=response.tokens_out,
+            )
+            return self._finish(row, summary)
+
+    def _request(self, item: Item, key: str) -> AgentRequest:
+        now = dt.datetime.now(self.zone)
+        prompt = render(
+            self.task.prompt,
+            {**self.variables, "item": item.fields, "shard": key, "task": self.task.name, "due_time": now, "now": now, "trigger": "manual"},
+        )
+        idempotency_key = f"agent-pipelines:{self.task.name}:item:{item.id}:{self.trigger_ref}"
+        return AgentRequest(
+            prompt=prompt,
+            system=render(self.task.system, {"item": item.fields, "shard": key, **self.variables}) if self.task.system else None,
+            idempotency_key=idempotency_key,
+            session=SessionState(mode="isolated", key=idempotency_key),
+            timeout_s=self.task.timeout or self.nodes[0].spec.timeout,
+            task=self.task.name,
+            variables=self.variables,
+        )
+
+    def _backoff(self, retry: int) -> float:
+        spec = self.task.retries
+        if spec.backoff == "exponential":
+            delay = spec.delay * (2 ** (retry - 1))
+        elif spec.backoff == "linear":
+            delay = spec.delay * retry
+        else:
+            delay = spec.delay
+        if spec.jitter == "full":
+            return random.uniform(0, delay)
+        if spec.jitter == "plus_minus":
+            return max(0.0, delay + random.uniform(-spec.delay, spec.delay))
+        return delay
+
+    def _finish(self, row: dict[str, Any], summary: ShardSummary, error: str | None = None) -> dict[str, Any]:
+        row["finished_at"] = dt.datetime.now(UTC)
+        if row["attempts"] > 1:
+            summary.retried += 1
+        if error is None:
+            summary.ok += 1
+            summary.latencies.append(float(row["latency_ms"]))
+            summary.tokens_in += row["tokens_in"] or 0
+            summary.tokens_out += row["tokens_out"] or 0
+        else:
+            row["error"] = error
+            summary.failed += 1
+            if len(summary.failure_samples) < SAMPLE_FAILURES:
+                summary.failure_samples.append({"item_id": row["item_id"], "error": error[:300]})
+        return row
+
+
+async def probe(node: Node) -> str | None:
+    """None when the node answers its health check (or accepts a TCP connection)."""
+    base = node.spec.base_url or ""
+    if node.health_path:
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(base + node.health_path, timeout=aiohttp.ClientTimeout(total=3)) as response:
+                    return None if response.status < 300 else f"health check answered HTTP {response.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return f"health check failed: {exc!r}"
+    parsed = urlparse(base)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, port), timeout=3)
+    except (OSError, asyncio.TimeoutError) as exc:
+        return f"cannot connect to {parsed.hostname}:{port}: {exc!r}"
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return None
+
+
+def read_spooled(path: Path) -> Iterator[list[Item]]:
+    with path.open(encoding="utf-8") as handle:
+        batch: list[Item] = []
+        for line in handle:
+            item_id, fields = json.loads(line)
+            batch.append(Item(id=item_id, fields=fields))
+            if len(batch) >= READ_BATCH_ROWS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def hash_index(value: str) -> int:
+    import zlib
+
+    return zlib.crc32(value.encode())
+
+
+def file_source(path: str, fmt: str | None, id_column: str | None) -> ItemSource:
+    return lambda: read_item_batches(Path(path), format=fmt, id_column=id_column, batch_rows=READ_BATCH_ROWS)
+
+
+def results_source(paths: Sequence[str]) -> ItemSource:
+    """Items from another batch task's results: its successful rows, with their output."""
+
+    def batches() -> Iterator[list[Item]]:
+        from resources.shard_io_manager import iter_result_batches
+
+        for record_batch in iter_result_batches(paths, batch_rows=READ_BATCH_ROWS):
+            rows = record_batch.to_pylist()
+            yield [
+                Item(id=row["item_id"], fields={**json.loads(row["item"] or "{}"), "output": row["output"]})
+                for row in rows
+                if row["status"] == "ok"
+            ]
+
+    return batches
