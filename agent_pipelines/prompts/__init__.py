@@ -1,0 +1,1 @@
+"""Prompt versions, evaluations and self-tuning."""

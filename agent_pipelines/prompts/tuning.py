@@ -1,0 +1,249 @@
+"""The feedback loop: propose a better prompt when a task falls short, try it, promote or drop it.
+
+For each task with `tuning`:
+1. with an open candidate: once it has `min_runs` evaluated executions, promote it when it beats
+   the active version by `margin` and never failed a `must_pass` check (or wait for a person's
+   approval, per policy); drop it when it does worse, fails a must-pass check, or cannot show a
+   gain within three times `min_runs`;
+2. without one: when the active version's pass rate over the last `window` executions is below
+   `min_pass_rate`, send the tuner agent the current prompt, failing outputs with their check
+   results and the best past versions, and register its answer as a candidate, with the
+   executions that motivated it. Parameters (timeout, retries) are proposed from history.
+At most `max_proposals_per_day` proposals per task: the loop can never run away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_pipelines.catalog.loader import Catalog
+from agent_pipelines.catalog.model import TaskSpec
+from agent_pipelines.catalog.templates import BUILTIN_VARIABLES, TemplateProblem, analyze
+from agent_pipelines.prompts.checks import parse_json_output
+from agent_pipelines.prompts.effective import registry_version, with_version
+from agent_pipelines.prompts.registry import PromptRegistry, PromptVersion, catalog_parameters
+from resources.agent_resource import AgentResource
+from resources.agents.base import TRANSIENT_KINDS, AgentCallError, AgentRequest, SessionState
+
+#: Failing outputs shown to the tuner.
+FAILING_SAMPLES = 5
+
+
+@dataclass
+class Decision:
+    task: str
+    action: str  # none | proposed | promoted | awaiting_approval | rejected | skipped
+    version: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def pass_rate(runs: Sequence[Mapping[str, Any]]) -> float | None:
+    return sum(1 for r in runs if r["passed"]) / len(runs) if runs else None
+
+
+class Tuner:
+    def __init__(
+        self,
+        catalog: Catalog,
+        registry: PromptRegistry,
+        *,
+        outputs_for: Callable[[str, Sequence[str]], Mapping[str, str]] = lambda _task, _keys: {},
+        actor: str = "tuner",
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ) -> None:
+        self.catalog = catalog
+        self.registry = registry
+        self.outputs_for = outputs_for  # task, idempotency keys -> outputs (from materializations)
+        self.actor = actor
+        self.now = now
+
+    def run(self, tasks: Sequence[str] | None = None) -> list[Decision]:
+        names = tasks or [n for n, t in self.catalog.regular_tasks.items() if t.tuning is not None]
+        return [self.tune(name) for name in names if self.catalog.tasks[name].tuning is not None]
+
+    def tune(self, name: str) -> Decision:
+        task = self.catalog.tasks[name]
+        assert task.tuning is not None
+        stats = self.registry.executions_by_version(name, limit=max(task.tuning.window, task.tuning.min_runs) * 10)
+        active_version = self.catalog.prompt_versions[name]
+        active_runs = stats.get(active_version, [])[: task.tuning.window]
+        candidate = self.registry.candidate(name)
+        if candidate is not None and candidate.base_version != self.catalog.base_versions[name]:
+            self.registry.reject(name, candidate.version, actor=self.actor, reason="the catalog prompt changed")
+            candidate = None
+        if candidate is not None:
+            return self._judge_candidate(task, candidate, active_runs, stats.get(candidate.version, []))
+        rate = pass_rate(active_runs)
+        if rate is None or len(active_runs) < min(task.tuning.min_runs, task.tuning.window):
+            return Decision(name, "none", active_version, {"reason": "not enough evaluated executions yet", "runs": len(active_runs)})
+        if rate >= task.tuning.min_pass_rate:
+            return Decision(name, "none", active_version, {"pass_rate": rate})
+        return self._propose(task, active_version, active_runs, stats)
+
+    # -- candidates -----------------------------------------------------------------------------
+
+    def _judge_candidate(self, task: TaskSpec, candidate: PromptVersion, active_runs: list, candidate_runs: list) -> Decision:
+        tuning = task.tuning
+        assert tuning is not None and task.checks is not None
+        name = task.name
+        must_pass = set(task.checks.must_pass)
+        broke = [r for r in candidate_runs if must_pass & set(r["failed"])]
+        details: dict[str, Any] = {"candidate_runs": len(candidate_runs)}
+        if broke:
+            self.registry.reject(name, candidate.version, actor=self.actor, reason="failed a must-pass check", executions=[r["key"] for r in broke])
+            return Decision(name, "rejected", candidate.version, {**details, "reason": f"failed must-pass checks {sorted(must_pass & set(broke[0]['failed']))}"})
+        if len(candidate_runs) < tuning.min_runs:
+            return Decision(name, "none", candidate.version, {**details, "reason": f"candidate needs {tuning.min_runs} evaluated executions"})
+        candidate_rate = pass_rate(candidate_runs) or 0.0
+        active_rate = pass_rate(active_runs)
+        details.update(candidate_pass_rate=candidate_rate, active_pass_rate=active_rate)
+        baseline = active_rate if active_rate is not None else 0.0
+        if candidate_rate >= baseline + tuning.margin:
+            if tuning.approval == "manual":
+                if not any(e.action == "awaiting_approval" and e.version == candidate.version for e in self.registry.events(name)):
+                    self.registry._set_status(name, candidate.version, "candidate", "awaiting_approval", self.actor, **details)
+                return Decision(name, "awaiting_approval", candidate.version, details)
+            self.registry.promote(name, candidate.version, actor=self.actor, **details)
+            return Decision(name, "promoted", candidate.version, details)
+        if candidate_rate < baseline or len(candidate_runs) >= 3 * tuning.min_runs:
+            self.registry.reject(name, candidate.version, actor=self.actor, reason="no gain over the active version", **details)
+            return Decision(name, "rejected", candidate.version, details)
+        return Decision(name, "none", candidate.version, {**details, "reason": "gain not yet shown"})
+
+    # -- proposals ------------------------------------------------------------------------------
+
+    def _propose(self, task: TaskSpec, active_version: str, active_runs: list, stats: Mapping[str, list]) -> Decision:
+        tuning = task.tuning
+        assert tuning is not None
+        name = task.name
+        since = self.now() - dt.timedelta(days=1)
+        if self.registry.proposals_since(name, since) >= tuning.max_proposals_per_day:
+            return Decision(name, "skipped", active_version, {"reason": f"{tuning.max_proposals_per_day} proposals in the last 24 h already"})
+        failing = [r for r in active_runs if not r["passed"]][:FAILING_SAMPLES]
+        outputs = self.outputs_for(name, [r["key"] for r in failing])
+        best = sorted(
+            ((v, pass_rate(runs) or 0.0) for v, runs in stats.items() if v != active_version and runs),
+            key=lambda item: -item[1],
+        )[:2]
+        request_text = self._request_text(task, active_version, pass_rate(active_runs) or 0.0, failing, outputs, best)
+        answer = self._ask_tuner(task, request_text, active_version)
+        if isinstance(answer, str):
+            return Decision(name, "skipped", active_version, {"reason": answer})
+        prompt, rationale = answer
+        problem = self._template_problem(task, prompt)
+        if problem:
+            return Decision(name, "rejected", None, {"reason": f"the tuner's prompt is not a valid template: {problem}"})
+        parameters = self._parameters(task) if tuning.tune_parameters else catalog_parameters(task)
+        proposed = task.model_copy(update={"prompt": prompt})
+        proposed = with_version(proposed, _as_version(proposed, parameters))
+        version = registry_version(proposed, self.catalog.agents[task.agent], task)
+        if self.registry.get(name, version) is not None:
+            return Decision(name, "skipped", version, {"reason": "the tuner proposed a version that exists already"})
+        candidate = self.registry.register(
+            name,
+            version=version,
+            prompt=prompt,
+            system=task.system,
+            parameters=parameters,
+            reason="tuner",
+            base_version=self.catalog.base_versions[name],
+            parent_version=active_version,
+            status="candidate",
+            author=self.actor,
+            motivation={
+                "rationale": rationale,
+                "active_pass_rate": pass_rate(active_runs),
+                "failing_executions": [r["key"] for r in failing],
+                "failing_runs": sorted({r["run_id"] for r in failing}),
+                "failed_checks": {r["key"]: r["failed"] for r in failing},
+            },
+        )
+        return Decision(name, "proposed", candidate.version, {"rationale": rationale, "parameters": parameters})
+
+    def _request_text(self, task, version, rate, failing, outputs, best) -> str:  # noqa: ANN001
+        assert task.checks is not None
+        lines = [
+            "### PROMPT TUNING REQUEST",
+            f"Task: {task.name} ({task.description or 'no description'})",
+            f"Current prompt (version {version}, pass rate {rate:.0%}):",
+            "<<<",
+            task.prompt,
+            ">>>",
+            "Checks every output must pass: " + ", ".join(task.checks.names()),
+        ]
+        if task.checks.json_schema is not None:
+            lines.append("JSON Schema of the output: " + json.dumps(task.checks.json_schema))
+        lines.append("Failing outputs:")
+        for index, run in enumerate(failing, 1):
+            output = outputs.get(run["key"], "(output not available)")
+            lines.append(f"{index}. failed {json.dumps(run['failed'])}; output: {output[:600]!r}")
+        for past, past_rate in best:
+            previous = self.registry.get(task.name, past)
+            if previous is not None:
+                lines += [f"Past version {past} (pass rate {past_rate:.0%}):", "<<<", previous.prompt, ">>>"]
+        lines.append(
+            'Answer with a JSON object only: {"prompt": "<the improved prompt template, same Jinja '
+            'variables>", "rationale": "<why it should pass the checks>"}'
+        )
+        return "\n".join(lines)
+
+    def _ask_tuner(self, task: TaskSpec, text: str, version: str) -> tuple[str, str] | str:
+        assert task.tuning is not None
+        agent = self.catalog.agents[task.tuning.tuner]
+        key = f"agent-pipelines:{task.name}:tuning:{version}:{self.now().strftime('%Y%m%dT%H%M%S')}"
+
+        async def ask() -> str:
+            async with AgentResource.from_spec(agent).connect() as connection:
+                response = await connection.invoke(
+                    AgentRequest(prompt=text, idempotency_key=key, session=SessionState("isolated", key), timeout_s=agent.timeout, task=f"{task.name}:tuner")
+                )
+                return response.output
+
+        try:
+            output = asyncio.run(ask())
+        except AgentCallError as error:
+            return f"tuner agent failed: {error.describe()}"
+        try:
+            answer = parse_json_output(output)
+            return str(answer["prompt"]), str(answer.get("rationale", ""))
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"tuner answer unreadable ({exc!r}): {output[:200]}"
+
+    def _template_problem(self, task: TaskSpec, prompt: str) -> str | None:
+        try:
+            names = analyze(prompt)
+        except TemplateProblem as problem:
+            return problem.message
+        allowed = set(task.variables) | (BUILTIN_VARIABLES - {"item", "shard"})
+        unknown = sorted(names.variables - allowed)
+        return f"undefined variables {unknown}" if unknown else None
+
+    def _parameters(self, task: TaskSpec) -> dict[str, Any]:
+        """Timeout from latency percentiles, retries from the transient failure rate."""
+        parameters = catalog_parameters(task)
+        executions = self.registry.store.executions_for_task(task.name, limit=200)
+        latencies = sorted(e.latency_ms for e in executions if e.latency_ms)
+        timeout = task.timeout or self.catalog.agents[task.agent].timeout
+        if len(latencies) >= 5:
+            p95 = latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)] / 1000.0
+            if p95 > 0.8 * timeout:
+                parameters["timeout"] = float(math.ceil(2 * p95))
+        failed = [e for e in executions if e.status == "failed"]
+        transient = [e for e in failed if e.failure_kind and any(e.failure_kind == k.value for k in TRANSIENT_KINDS)]
+        if executions and len(transient) / len(executions) > 0.2 and task.retries.count < 5:
+            parameters["retries"] = {**parameters["retries"], "count": task.retries.count + 1}
+        return parameters
+
+
+def _as_version(task: TaskSpec, parameters: dict[str, Any]) -> PromptVersion:
+    return PromptVersion(
+        task=task.name, version="", seq=0, parent_version=None, base_version="", author=None, reason="tuner",
+        status="candidate", prompt=task.prompt, system=task.system, parameters=parameters, motivation={},
+        created_at=dt.datetime.now(dt.timezone.utc),
+    )
