@@ -1,0 +1,480 @@
+"""`agent-pipelines`: the commands that are not Dagster's own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from agent_pipelines.catalog.loader import CATALOG_ENV_VAR, default_catalog_path, load_catalog
+
+
+@click.group(help=__doc__)
+def main() -> None:
+    pass
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def validate(path: Path | None) -> None:
+    """Check a catalog and print every problem with file, line, task and field.
+
+    PATH defaults to $AGENT_PIPELINES_CATALOG, else the example catalog. Exits 1 when there is
+    any problem, so it can gate a merge request.
+    """
+    root = path or default_catalog_path()
+    catalog = load_catalog(root)
+    for problem in catalog.problems:
+        click.echo(str(problem))
+    for agent in catalog.agents.values():
+        if agent.auth_env and agent.auth_env not in os.environ:
+            click.echo(
+                f"warning: agent {agent.name!r} reads its token from ${agent.auth_env}, "
+                "which is not set in this environment",
+                err=True,
+            )
+    summary = (
+        f"{root}: {len(catalog.files)} file(s), {len(catalog.agents)} agent(s), "
+        f"{len(catalog.tasks)} valid task(s), {len(catalog.problems)} problem(s)"
+    )
+    click.echo(summary, err=bool(catalog.problems))
+    sys.exit(1 if catalog.problems else 0)
+
+
+@main.command("demo-agent")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--latency-ms", default=300.0, show_default=True, type=float)
+@click.option("--jitter-ms", default=100.0, show_default=True, type=float)
+@click.option("--failure-rate", default=0.0, show_default=True, type=float, help="Share of requests answered with HTTP 500.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--token-env",
+    default="DEMO_AGENT_TOKEN",
+    show_default=True,
+    help="Require `Authorization: Bearer $<this variable>` when the variable is set.",
+)
+def demo_agent(host: str, port: int, latency_ms: float, jitter_ms: float, failure_rate: float, seed: int, token_env: str) -> None:
+    """Serve the built-in deterministic demo agent (OpenAI, OpenClaw, Hermes, Dify, HTTP shapes)."""
+    from agent_pipelines.demo_agent import DemoAgentConfig, serve
+
+    config = DemoAgentConfig(
+        latency_ms=latency_ms,
+        jitter_ms=jitter_ms,
+        failure_rate=failure_rate,
+        seed=seed,
+        token=os.environ.get(token_env) or None,
+    )
+    click.echo(f"demo agent on http://{host}:{port} (latency {latency_ms:g}±{jitter_ms:g} ms, failure rate {failure_rate:g})")
+    serve(config, host=host, port=port)
+
+
+@main.group()
+def instance() -> None:
+    """The Dagster instance in DAGSTER_HOME."""
+
+
+@instance.command("init")
+def instance_init() -> None:
+    """Create DAGSTER_HOME and its dagster.yaml (SQLite, or PostgreSQL when $AGENT_PIPELINES_POSTGRES_URL is set)."""
+    from agent_pipelines.instance import ensure_instance
+
+    home = ensure_instance()
+    click.echo(f"DAGSTER_HOME={home}")
+
+
+@main.group()
+def db() -> None:
+    """agent_pipelines' own tables beside the Dagster instance's storage."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate agent_pipelines' tables in the instance's database."""
+    from dagster import DagsterInstance
+
+    from agent_pipelines.store import StateStore, url_for_instance
+
+    with DagsterInstance.get() as dagster_instance:
+        store = StateStore.for_instance(dagster_instance)
+        click.echo(f"agent_pipelines tables are up to date in {_redact(url_for_instance(dagster_instance))}")
+        store.engine.dispose()
+
+
+@main.group()
+def pools() -> None:
+    """Dagster concurrency pools, one per agent."""
+
+
+@pools.command("sync")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def pools_sync(path: Path | None) -> None:
+    """Limit each agent's pool to its `max_concurrency` steps at once, across all runs."""
+    from dagster import DagsterInstance
+
+    catalog = load_catalog(path or default_catalog_path())
+    with DagsterInstance.get() as dagster_instance:
+        for agent in catalog.agents.values():
+            dagster_instance.event_log_storage.set_concurrency_slots(f"agent_{agent.name}", agent.max_concurrency)
+            click.echo(f"pool agent_{agent.name}: {agent.max_concurrency}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8788, show_default=True, type=int)
+def ingress(host: str, port: int) -> None:
+    """Serve the event ingress: external systems POST events to /events/<source>."""
+    from agent_pipelines.ingress import serve_ingress
+
+    _use_default_home()
+    click.echo(f"event ingress on http://{host}:{port}/events/<source>")
+    serve_ingress(host=host, port=port)
+
+
+def _use_default_home() -> None:
+    """Commands that open the instance work without DAGSTER_HOME, like `make run` does."""
+    if not os.environ.get("DAGSTER_HOME"):
+        from agent_pipelines.instance import ensure_instance
+
+        os.environ["DAGSTER_HOME"] = str(ensure_instance())
+
+
+@main.group()
+def task() -> None:
+    """Inspect and control catalog tasks: list, pause, resume, run-now, history."""
+
+
+def _open_store():  # noqa: ANN202 - returns (instance, store)
+    from dagster import DagsterInstance
+
+    from agent_pipelines.store import StateStore
+
+    _use_default_home()
+    instance = DagsterInstance.get()
+    return instance, StateStore.for_instance(instance)
+
+
+@task.command("list")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def task_list(path: Path | None) -> None:
+    """Every task with its trigger, state and last execution."""
+    from agent_pipelines.task_status import task_rows
+
+    catalog = load_catalog(path or default_catalog_path())
+    instance, store = _open_store()
+    with instance:
+        rows = task_rows(catalog, store)
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))] if rows else []
+    for row in rows:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _control(name: str, action: str, reason: str | None, variables: dict | None = None) -> None:
+    from agent_pipelines.control import TaskAction, apply_action
+
+    catalog = load_catalog(default_catalog_path())
+    instance, store = _open_store()
+    with instance:
+        try:
+            click.echo(apply_action(catalog, store, name, TaskAction(action), reason=reason, variables=variables))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@task.command("pause")
+@click.argument("name")
+@click.option("--reason", default=None)
+def task_pause(name: str, reason: str | None) -> None:
+    """Stop triggering a task (schedules and events) until it is resumed."""
+    _control(name, "pause", reason)
+
+
+@task.command("resume")
+@click.argument("name")
+@click.option("--reason", default=None)
+def task_resume(name: str, reason: str | None) -> None:
+    """Trigger a paused task again from its next due time."""
+    _control(name, "resume", reason)
+
+
+@task.command("run-now")
+@click.argument("name")
+@click.option("--var", "variables", multiple=True, help="Override a prompt variable: --var topic=AI (value parsed as YAML).")
+def task_run_now(name: str, variables: tuple[str, ...]) -> None:
+    """Run a task once, now, through the daemon (task_scheduler_sensor launches it)."""
+    import yaml
+
+    parsed = {}
+    for item in variables:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--var")
+        parsed[key] = yaml.safe_load(value)
+    _control(name, "run_now", None, parsed or None)
+
+
+@task.command("history")
+@click.argument("name")
+@click.option("--limit", default=20, show_default=True, type=int)
+def task_history(name: str, limit: int) -> None:
+    """The task's latest executions: due time, status, attempts, lateness."""
+    instance, store = _open_store()
+    with instance:
+        for execution in store.executions_for_task(name, limit=limit):
+            due = execution.due_time.isoformat() if execution.due_time else "-"
+            click.echo(
+                f"{due}  {execution.status:<9} attempts={execution.attempts}  run={execution.run_id or '-'}  "
+                f"{execution.idempotency_key}" + (f"  error={execution.error}" if execution.error else "")
+            )
+
+
+@main.group()
+def prompts() -> None:
+    """The prompt registry: versions, diffs, promotion, rollback (every action is recorded)."""
+
+
+def _registry():  # noqa: ANN202 - (instance, registry)
+    from agent_pipelines.prompts.registry import PromptRegistry
+
+    instance, store = _open_store()
+    return instance, PromptRegistry(store)
+
+
+@prompts.command("sync")
+def prompts_sync() -> None:
+    """Register the catalog's prompts (the catalog_health sensor does this on every change)."""
+    instance, registry = _registry()
+    with instance:
+        changed = registry.sync_catalog(load_catalog(default_catalog_path()))
+    click.echo(f"registered or re-activated the catalog prompt of {len(changed)} task(s): {', '.join(changed) or '-'}")
+
+
+@prompts.command("list")
+@click.argument("task_name")
+def prompts_list(task_name: str) -> None:
+    """Every version of a task's prompt, newest last, with the events that changed it."""
+    instance, registry = _registry()
+    with instance:
+        versions = registry.versions(task_name)
+        events = registry.events(task_name)
+    if not versions:
+        raise click.ClickException(f"no prompt versions recorded for {task_name!r} (run `agent-pipelines prompts sync`)")
+    for v in versions:
+        click.echo(
+            f"#{v.seq:<3} {v.version:<20} {v.status:<9} {v.reason:<8} parent={v.parent_version or '-':<20} "
+            f"by {v.author or '-'} at {v.created_at:%Y-%m-%d %H:%M}"
+        )
+        if v.motivation.get("rationale"):
+            click.echo(f"      why: {v.motivation['rationale']}")
+        if v.motivation.get("failing_runs"):
+            click.echo(f"      from failing runs: {', '.join(v.motivation['failing_runs'])}")
+    click.echo("events:")
+    for e in events:
+        click.echo(f"  {e.at:%Y-%m-%d %H:%M:%S} {e.action:<17} {e.version:<20} by {e.actor or '-'} {e.details}")
+
+
+@prompts.command("show")
+@click.argument("task_name")
+@click.argument("version")
+def prompts_show(task_name: str, version: str) -> None:
+    """One version's prompt, system prompt and parameters."""
+    instance, registry = _registry()
+    with instance:
+        found = registry.get(task_name, version)
+    if found is None:
+        raise click.ClickException(f"{task_name!r} has no version {version!r}")
+    click.echo(found.prompt)
+    if found.system:
+        click.echo(f"--- system ---\n{found.system}")
+    click.echo(f"--- parameters ---\n{found.parameters}")
+
+
+@prompts.command("diff")
+@click.argument("task_name")
+@click.argument("old")
+@click.argument("new")
+def prompts_diff(task_name: str, old: str, new: str) -> None:
+    """A unified diff of two versions (prompt, system prompt and parameters)."""
+    import difflib
+
+    instance, registry = _registry()
+    with instance:
+        a, b = registry.get(task_name, old), registry.get(task_name, new)
+    if a is None or b is None:
+        raise click.ClickException(f"{task_name!r} has no version {old if a is None else new!r}")
+
+    def text(v):  # noqa: ANN001, ANN202
+        return [*v.prompt.splitlines(), "--- system ---", *(v.system or "").splitlines(), "--- parameters ---", str(v.parameters)]
+
+    for line in difflib.unified_diff(text(a), text(b), fromfile=old, tofile=new, lineterm=""):
+        click.echo(line)
+
+
+def _registry_action(action: str, task_name: str, version: str | None) -> None:
+    from agent_pipelines.prompts.registry import RegistryError
+
+    instance, registry = _registry()
+    with instance:
+        try:
+            if action == "rollback":
+                result = registry.rollback(task_name)
+            elif action == "promote":
+                candidate = registry.get(task_name, version or "")
+                must_pass = _must_pass_failures(registry, task_name, version or "")
+                if candidate is not None and candidate.status == "candidate" and must_pass:
+                    raise RegistryError(f"{version} failed must-pass checks {must_pass}: it cannot be promoted")
+                result = registry.promote(task_name, version or "", reason="manual")
+            else:
+                result = registry.reject(task_name, version or "", reason="manual")
+        except RegistryError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"{task_name}: {result.version} is now {result.status}. The code location picks it up at its next reload.")
+
+
+def _must_pass_failures(registry, task_name: str, version: str) -> list[str]:  # noqa: ANN001
+    catalog = load_catalog(default_catalog_path())
+    task = catalog.tasks.get(task_name)
+    if task is None or task.checks is None:
+        return []
+    runs = registry.executions_by_version(task_name, limit=1000).get(version, [])
+    return sorted({name for run in runs for name in run["failed"] if name in task.checks.must_pass})
+
+
+@prompts.command("promote")
+@click.argument("task_name")
+@click.argument("version")
+def prompts_promote(task_name: str, version: str) -> None:
+    """Make a version active (also approves a candidate awaiting approval)."""
+    _registry_action("promote", task_name, version)
+
+
+@prompts.command("approve")
+@click.argument("task_name")
+@click.argument("version")
+def prompts_approve(task_name: str, version: str) -> None:
+    """Approve a candidate the tuner found better (tasks with `approval: manual`)."""
+    _registry_action("promote", task_name, version)
+
+
+@prompts.command("reject")
+@click.argument("task_name")
+@click.argument("version")
+def prompts_reject(task_name: str, version: str) -> None:
+    """Drop a candidate."""
+    _registry_action("reject", task_name, version)
+
+
+@prompts.command("rollback")
+@click.argument("task_name")
+def prompts_rollback(task_name: str) -> None:
+    """Re-activate the version that was active before the current one."""
+    _registry_action("rollback", task_name, None)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the Dagster UI.")
+@click.option("--port", default=3000, show_default=True, type=int, help="Port of the Dagster UI.")
+@click.option("--demo-agent-port", default=8765, show_default=True, type=int)
+@click.option("--demo-agent/--no-demo-agent", default=True, show_default=True, help="Start the built-in demo agent.")
+@click.option("--ingress-port", default=8788, show_default=True, type=int, help="Port of the event ingress.")
+def up(host: str, port: int, demo_agent_port: int, demo_agent: bool, ingress_port: int) -> None:
+    """Run the platform: Dagster UI and daemon (`dagster dev`), event ingress, demo agent.
+
+    Stops everything on Ctrl-C, and stops everything when one part exits on its own.
+    """
+    from agent_pipelines.instance import ensure_instance
+
+    home = ensure_instance()
+    env = dict(os.environ, DAGSTER_HOME=str(home))
+    env.setdefault("DEMO_AGENT_TOKEN", "demo-local-token")
+    env.setdefault("DEMO_INGRESS_TOKEN", "demo-ingress-token")
+    env.setdefault("AGENT_PIPELINES_WEBSERVER_URL", f"http://{host}:{port}")
+    env.setdefault(CATALOG_ENV_VAR, str(default_catalog_path()))
+    project = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+
+    catalog = load_catalog(env[CATALOG_ENV_VAR])
+    click.echo(f"catalog {env[CATALOG_ENV_VAR]}: {len(catalog.tasks)} task(s), {len(catalog.problems)} problem(s)")
+    for problem in catalog.problems:
+        click.echo(f"  {problem}")
+    click.echo(f"DAGSTER_HOME={home}")
+
+    subprocess.run([str(bin_dir / "agent-pipelines"), "pools", "sync"], env=env, check=False, cwd=project)
+    children: list[subprocess.Popen[bytes]] = []
+    if demo_agent:
+        children.append(
+            subprocess.Popen(
+                [str(bin_dir / "agent-pipelines"), "demo-agent", "--port", str(demo_agent_port)],
+                env=env,
+                cwd=project,
+            )
+        )
+    children.append(
+        subprocess.Popen(
+            [str(bin_dir / "agent-pipelines"), "ingress", "--host", host, "--port", str(ingress_port)],
+            env=env,
+            cwd=project,
+        )
+    )
+    children.append(
+        subprocess.Popen(
+            [str(bin_dir / "dagster"), "dev", "-w", str(project / "workspace.yaml"), "-h", host, "-p", str(port)],
+            env=env,
+            cwd=project,
+        )
+    )
+    click.echo(f"Dagster UI: http://{host}:{port}  (Ctrl-C stops everything)")
+    _supervise(children)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    exit_code = 0
+    while not stopping:
+        for child in children:
+            if child.poll() is not None:
+                click.echo(f"{child.args[1] if len(child.args) > 1 else child.args[0]} exited with {child.returncode}; stopping")
+                exit_code = child.returncode or 1
+                stopping = True
+        time.sleep(0.5)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    deadline = time.time() + 20
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    sys.exit(exit_code)
+
+
+main.help = f"""Agent task scheduling on Dagster.
+
+\b
+The catalog is read from ${CATALOG_ENV_VAR} (default: the example catalog).
+Dagster's own commands (`dagster dev`, `dagster job execute`, `dagster-daemon run`) work as usual.
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""The HTTP ingress: external systems POST events here, and each accepted one is stored first.
+
+`POST /events/{source}` checks, in this order: known source (404), body size (413), the
+source's authentication (401, or 503 when the server lacks the secret), a JSON object body
+(400), an event type (400) and a usable idempotency key (400). A refusal stores nothing. An
+accepted event is committed to the `StateStore` before the 2xx goes out (202 when new, 200 for
+a repeat of a stored id), so a sender that saw a 2xx can forget the event, and a sender that saw
+anything else can retry with the same idempotency key without creating a duplicate.
+
+Senders choose the idempotency key (`id_header`); the stored id is `<source>:<key>` so two
+sources can never collide. Without the header every post is a new event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent_pipelines.catalog.loader import catalog_files, default_catalog_path, load_catalog
+from agent_pipelines.catalog.model import BearerAuthSpec, EventSourceSpec, HmacAuthSpec
+from agent_pipelines.events import MISSING, field_at
+from agent_pipelines.http_server import uvicorn_config
+from agent_pipelines.store import StateStore, url_for_instance
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8788
+MAX_KEY_CHARS = 200
+# Column widths of `agent_pipelines_events` (PostgreSQL enforces them, SQLite does not).
+MAX_EVENT_ID_CHARS = 255
+MAX_TYPE_CHARS = 255
+ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+Sources = Callable[[], Mapping[str, EventSourceSpec]]
+
+
+class Refusal(Exception):
+    """A request the ingress turns down: nothing is stored."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.message}, status_code=self.status, headers=self.headers)
+
+
+# --- checks, in the order they run -------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused from Content-Length when declared, else counted while streaming."""
+    too_large = Refusal(
+        413, f"body larger than this source's limit of {limit} bytes", {"Connection": "close"}
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise Refusal(400, f"invalid Content-Length header {declared!r}")
+        if int(declared) > limit:
+            raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large  # stop reading: the rest is never buffered
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise Refusal(400, "the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def _secret(env_var: str) -> bytes:
+    value = os.environ.get(env_var)
+    if not value:
+        raise Refusal(
+            503,
+            f"this source's secret is not configured on the server: environment variable "
+            f"{env_var} is not set",
+        )
+    return value.encode()
+
+
+def authenticate(spec: EventSourceSpec, request: Request, body: bytes) -> None:
+    """Raise a Refusal unless the request carries the source's bearer token or HMAC signature."""
+    auth = spec.auth
+    if isinstance(auth, BearerAuthSpec):
+        token = _secret(auth.token_env)
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Refusal(
+                401,
+                "missing bearer token: send `Authorization: Bearer <token>`",
+                {"WWW-Authenticate": 'Bearer realm="agent-pipelines"'},
+            )
+        if not hmac.compare_digest(presented.strip().encode("latin-1"), token):
+            raise Refusal(
+                401,
+                "wrong bearer token",
+                {"WWW-Authenticate": 'Bearer realm="agent-pipelines", error="invalid_token"'},
+            )
+        return
+    assert isinstance(auth, HmacAuthSpec)
+    secret = _secret(auth.secret_env)
+    signature = request.headers.get(auth.header)
+    if signature is None:
+        raise Refusal(
+            401, f"missing signature: send header {auth.header}: {auth.prefix}<hex HMAC-SHA256 of the body>"
+        )
+    expected = auth.prefix + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    presented = signature.strip()
+    if presented.startswith(auth.prefix):  # hex digits in either case
+        presented = auth.prefix + presented[len(auth.prefix) :].lower()
+    if not hmac.compare_digest(presented.encode("latin-1"), expected.encode()):
+        raise Refusal(
+            401,
+            f"signature in header {auth.header} does not match the body "
+            f"(expected {auth.prefix}<hex HMAC-SHA256 of the raw body>)",
+        )
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def parse_payload(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise Refusal(400, "body is not valid JSON: it is not UTF-8") from None
+    except ValueError as exc:
+        raise Refusal(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise Refusal(400, f"body must be a JSON object, got a JSON {type(payload).__name__}")
+    return payload
+
+
+def event_type(spec: EventSourceSpec, request: Request, payload: dict[str, Any]) -> str:
+    if spec.type_header and spec.type_header in request.headers:
+        value: Any = request.headers[spec.type_header].strip()
+        where = f"header {spec.type_header}"
+    else:
+        value = field_at(payload, spec.type_field)
+        where = f"field {spec.type_field!r} of the body"
+        if value is MISSING or value is None:
+            also = f" (or header {spec.type_header})" if spec.type_header else ""
+            raise Refusal(400, f"missing event type: expected a string at {where}{also}")
+    if not isinstance(value, str) or not value or len(value) > MAX_TYPE_CHARS or "\x00" in value:
+        raise Refusal(
+            400,
+            f"event type at {where} must be a non-empty string of at most {MAX_TYPE_CHARS} "
+            f"characters, got {json.dumps(value)[:100]}",
+        )
+    return value
+
+
+def event_id(spec: EventSourceSpec, source: str, request: Request) -> str:
+    """`<source>:<sender's idempotency key>`, or a fresh id when the sender sends none."""
+    key = request.headers.get(spec.id_header)
+    if key is None:
+        return f"{source}:{uuid.uuid4().hex}"
+    limit = min(MAX_KEY_CHARS, MAX_EVENT_ID_CHARS - len(source) - 1)
+    if not (1 <= len(key) <= limit and key.isascii() and key.isprintable()):
+        raise Refusal(
+            400, f"header {spec.id_header} must be 1 to {limit} printable ASCII characters, got {key[:64]!r}"
+        )
+    return f"{source}:{key}"
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def create_ingress_app(sources: Sources, store: StateStore) -> Starlette:
+    """The ingress as an ASGI app; `sources` is called per request, so catalog edits apply."""
+
+    async def receive_event(request: Request) -> Response:
+        source = request.path_params["source"]
+        client = request.client.host if request.client else "-"
+        if request.method != "POST":
+            return _refused(
+                Refusal(405, f"use POST to send events to /events/{source}", {"Allow": "POST"}),
+                source,
+                client,
+            )
+        try:
+            spec = sources().get(source)
+            if spec is None:
+                raise Refusal(404, f"unknown event source {source!r}: it is not declared in the catalog")
+            body = await read_body(request, spec.max_body_bytes)
+            authenticate(spec, request, body)
+            payload = parse_payload(body)
+            kind = event_type(spec, request, payload)
+            stored_id = event_id(spec, source, request)
+        except Refusal as refusal:
+            return _refused(refusal, source, client)
+        try:
+            # Synchronous SQLAlchemy: a worker thread keeps the event loop serving meanwhile.
+            event, inserted = await asyncio.to_thread(
+                store.insert_event, event_id=stored_id, source=source, type=kind, payload=payload
+            )
+        except Exception:
+            logger.exception("could not store event %r from source %r", stored_id, source)
+            return _refused(
+                Refusal(
+                    503,
+                    f"the event could not be stored; retry with the same {spec.id_header} header",
+                    {"Retry-After": "5"},
+                ),
+                source,
+                client,
+                log=False,
+            )
+        logger.info(  # %r: ids and types come from the sender, keep them on one line
+            "%s event %r (type %r, seq %s) from source %r, client %s",
+            "accepted" if inserted else "duplicate of stored",
+            stored_id,
+            kind,
+            event.seq,
+            source,
+            client,
+        )
+        return JSONResponse(
+            {"id": event.event_id, "seq": event.seq, "duplicate": not inserted},
+            status_code=202 if inserted else 200,
+        )
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no route for {request.url.path}; events go to POST /events/{{source}}"
+        else:
+            message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    return Starlette(
+        routes=[
+            # Every method routes here, so that anything but POST gets a JSON 405.
+            Route("/events/{source}", receive_event, methods=list(ALL_METHODS)),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+
+
+def _refused(refusal: Refusal, source: str, client: str, log: bool = True) -> JSONResponse:
+    if log:
+        logger.warning("refused event for source %r from %s: %s %s", source, client, refusal.status, refusal.message)
+    return refusal.response()
+
+
+# --- serving with a live catalog ---------------------------------------------------------------
+
+
+class CatalogSources:
+    """The event sources of a catalog, reloaded when its files change.
+
+    A call checks the files' mtimes (and sizes and inodes, for coarse clocks and atomic renames)
+    at most every `min_interval_s`, so requests pay a few `stat` calls now and then, and a
+    reload only when something changed. A catalog that fails to load keeps the previous sources.
+    """
+
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        min_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path) if path is not None else default_catalog_path()
+        self.min_interval_s = min_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sources: Mapping[str, EventSourceSpec] = {}
+        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
+        self._checked_at = clock()
+        self._reload_if_changed()
+
+    def __call__(self) -> Mapping[str, EventSourceSpec]:
+        if self._clock() - self._checked_at >= self.min_interval_s:
+            with self._lock:
+                if self._clock() - self._checked_at >= self.min_interval_s:
+                    self._reload_if_changed()
+                    self._checked_at = self._clock()
+        return self._sources
+
+    def _files_signature(self) -> tuple[tuple[str, int, int, int], ...]:
+        signature = []
+        for file in catalog_files(self.path) if self.path.exists() else []:
+            try:
+                st = file.stat()
+            except FileNotFoundError:  # deleted between listing and stat
+                continue
+            signature.append((str(file), st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(signature)
+
+    def _reload_if_changed(self) -> None:
+        signature = self._files_signature()  # taken before reading: a later write shows next time
+        if signature == self._signature:
+            return
+        try:
+            catalog = load_catalog(self.path)
+        except Exception:
+            logger.exception("could not reload the catalog at %s; keeping the previous sources", self.path)
+            return
+        self._signature = signature
+        self._sources = dict(catalog.sources)
+        for problem in catalog.problems:
+            if problem.kind in ("source", "file"):
+                logger.warning("catalog problem: %s", problem)
+        logger.info("event sources from %s: %s", self.path, ", ".join(sorted(self._sources)) or "none")
+
+
+def serve_ingress(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+    """Serve the ingress in the foreground (for the CLI), storing into the Dagster instance's
+    database: the SQLite file under DAGSTER_HOME, or its PostgreSQL."""
+    from dagster import DagsterInstance
+    from sqlalchemy.engine import make_url
+
+    # Our own INFO lines (one per event), everything else (alembic, dagster) from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    sources = CatalogSources()
+    url = url_for_instance(DagsterInstance.get())
+    store = StateStore.for_url(url)
+    logger.info(
+        "ingress on http://%s:%s, catalog %s, events stored in %s",
+        host,
+        port,
+        sources.path,
+        make_url(url).render_as_string(hide_password=True),
+    )
+    uvicorn.Server(uvicorn_config(create_ingress_app(sources, store), host=host, port=port)).run()

@@ -1,0 +1,72 @@
+"""The Dagster instance (DAGSTER_HOME and its dagster.yaml) that `make run` uses.
+
+SQLite under a git-ignored `.dagster_home/` by default; PostgreSQL through dagster-postgres when
+$AGENT_PIPELINES_POSTGRES_URL is set. agent_pipelines' own tables follow the instance's storage
+(see `agent_pipelines.store`), so nothing else needs configuring.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+POSTGRES_URL_ENV = "AGENT_PIPELINES_POSTGRES_URL"
+MANAGED_MARKER = "# managed-by: agent-pipelines"
+
+_COMMON = """\
+telemetry:
+  enabled: false
+# No freshness policies are used: the freshness daemon would still evaluate every asset each
+# iteration and, at 10,000 tasks, cost most of the idle daemon's CPU (benchmarks/RESULTS.md).
+freshness:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator.queued_run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 25
+    dequeue_interval_seconds: 1
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  max_resume_run_attempts: 0
+"""
+
+_POSTGRES = f"""\
+storage:
+  postgres:
+    postgres_url:
+      env: {POSTGRES_URL_ENV}
+"""
+
+
+def default_home() -> Path:
+    configured = os.environ.get("DAGSTER_HOME")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[1] / ".dagster_home"
+
+
+def instance_yaml(use_postgres: bool) -> str:
+    storage = "PostgreSQL ($" + POSTGRES_URL_ENV + ")" if use_postgres else "SQLite in this directory"
+    header = (
+        f"{MANAGED_MARKER}\n"
+        f"# Storage: {storage}. Delete the marker line above to keep your own edits;\n"
+        "# otherwise `agent-pipelines up` rewrites this file to follow the environment.\n"
+    )
+    return header + _COMMON + (_POSTGRES if use_postgres else "")
+
+
+def ensure_instance(home: Path | None = None, *, use_postgres: bool | None = None) -> Path:
+    """Create DAGSTER_HOME with a dagster.yaml; keep a hand-written one untouched."""
+    home = (home or default_home()).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if use_postgres is None:
+        use_postgres = bool(os.environ.get(POSTGRES_URL_ENV))
+    config = home / "dagster.yaml"
+    if config.exists() and MANAGED_MARKER not in config.read_text():
+        return home
+    wanted = instance_yaml(use_postgres)
+    if not config.exists() or config.read_text() != wanted:
+        config.write_text(wanted)
+    return home

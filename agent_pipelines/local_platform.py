@@ -1,0 +1,124 @@
+"""The platform as it runs for real, for tests and benchmarks: a DAGSTER_HOME, a catalog, a
+`dagster-daemon` process, the event ingress and a demo agent, all on 127.0.0.1.
+
+`make run` uses `agent-pipelines up` instead; this is the scriptable version that can kill and
+restart the daemon and read what the agent received.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from agent_pipelines.catalog.loader import load_catalog
+from agent_pipelines.demo_agent import RunningDemoAgent
+from agent_pipelines.http_server import RunningServer, serve_in_thread
+from agent_pipelines.ingress import create_ingress_app
+from agent_pipelines.store import StateStore, url_for_instance
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+class Platform:
+    """Starts and kills a real daemon against `home` (which holds a dagster.yaml) and `catalog`."""
+
+    def __init__(
+        self,
+        home: Path,
+        catalog: Path,
+        agent: RunningDemoAgent,
+        log_dir: Path,
+        workspace: Path | None = None,
+    ) -> None:
+        self.home = home
+        self.workspace = workspace
+        self.catalog_path = catalog
+        self.agent = agent
+        self.log_dir = log_dir
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.ingress: RunningServer | None = None
+        self._starts = 0
+        self.env = dict(os.environ, DAGSTER_HOME=str(home), AGENT_PIPELINES_CATALOG=str(catalog))
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_config(str(self.home))
+
+    def store(self) -> StateStore:
+        with self.instance() as instance:
+            return StateStore.for_url(url_for_instance(instance))
+
+    def start_daemon(self) -> None:
+        self._starts += 1
+        log = (self.log_dir / f"daemon-{self._starts}.log").open("w")
+        target = ["-w", str(self.workspace)] if self.workspace else ["-m", "agent_pipelines.definitions"]
+        self.daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", *target],
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill_daemon(self, *, with_its_runs: bool) -> None:
+        """SIGKILL the daemon; `with_its_runs` also kills its code server and run workers."""
+        assert self.daemon is not None
+        if with_its_runs:
+            os.killpg(self.daemon.pid, signal.SIGKILL)
+        else:
+            self.daemon.send_signal(signal.SIGKILL)
+        self.daemon.wait(timeout=30)
+        self.daemon = None
+
+    def start_ingress(self) -> str:
+        store = self.store()
+        catalog = load_catalog(self.catalog_path)
+        self.ingress = serve_in_thread(create_ingress_app(lambda: catalog.sources, store))
+        return self.ingress.url
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            try:
+                os.killpg(self.daemon.pid, signal.SIGTERM)
+                self.daemon.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.daemon.pid, signal.SIGKILL)
+            self.daemon = None
+        if self.ingress is not None:
+            self.ingress.stop()
+        _kill_leftover_runs(self.home)
+
+    def daemon_logs(self) -> str:
+        return "\n".join(p.read_text()[-4000:] for p in sorted(self.log_dir.glob("daemon-*.log")))
+
+
+def _kill_leftover_runs(home: Path) -> None:
+    """Run workers outlive a killed daemon; stop the ones of this DAGSTER_HOME."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"DAGSTER_HOME={home}".encode() in environ.split(b"\0"):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.5, message: str = "") -> None:  # noqa: ANN001
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {message or predicate}")
