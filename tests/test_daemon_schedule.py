@@ -1,0 +1,82 @@
+"""A due time planned by the real `dagster-daemon` (task_scheduler_sensor) produces a successful
+run that called the agent at that time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from agent_pipelines.timing import parse_due
+from tests.conftest import PROJECT_ROOT, write_catalog
+
+EVERY_MINUTE = """\
+tasks:
+  - name: tick
+    owner: ops
+    agent: claw
+    schedule: "* * * * *"
+    session: task
+    prompt: "Status at {{ due_time.isoformat() }}"
+"""
+
+
+@pytest.mark.daemon
+@pytest.mark.parametrize("storage", ["sqlite"], indirect=True)
+def test_daemon_schedule_tick_runs_the_task(tmp_path: Path, demo_agent, dagster_home: Path) -> None:
+    catalog = write_catalog(tmp_path / "catalog", demo_agent.url, EVERY_MINUTE)
+    env = dict(os.environ, DAGSTER_HOME=str(dagster_home), AGENT_PIPELINES_CATALOG=str(catalog))
+    log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-m", "agent_pipelines.definitions"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        run = _wait_for_finished_run(dagster_home, timeout_s=150)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        log.close()
+    assert run is not None, "no scheduled run finished in time:\n" + (tmp_path / "daemon.log").read_text()[-5000:]
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags["dagster/sensor_name"] == "task_scheduler_sensor"
+    assert run.tags["agent_pipelines/trigger"] == "schedule"
+    assert run.tags["agent_pipelines/task"] == "tick"
+    window_start = run.tags["agent_pipelines/window_start"]
+    assert run.tags["dagster/run_key"] == f"window:{window_start}:0"
+
+    (request,) = [r for r in demo_agent.requests() if r.path == "/v1/chat/completions"][:1]
+    due = request.headers["idempotency-key"].split(":schedule:")[1]
+    assert due == window_start, "a * * * * * task is due at the start of its minute"
+    assert request.body["messages"][-1]["content"] == f"Status at {parse_due(due).isoformat()}"
+    assert request.headers["x-openclaw-session-key"] == "agent-pipelines:tick"
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("tick"))
+        assert event is not None
+        assert event.asset_materialization.metadata["trigger"].value == "schedule"
+        assert "lateness_ms" in event.asset_materialization.metadata
+
+
+def _wait_for_finished_run(home: Path, timeout_s: float) -> dg.DagsterRun | None:
+    deadline = time.time() + timeout_s
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        while time.time() < deadline:
+            runs = instance.get_runs(filters=dg.RunsFilter(job_name="agent_tasks_job"))
+            finished = [r for r in runs if r.is_finished]
+            if finished:
+                return finished[-1]
+            time.sleep(1)
+    return None
