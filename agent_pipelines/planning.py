@@ -93,6 +93,35 @@ def downstream_in_run(catalog: Catalog, names: Iterable[str]) -> list[str]:
     return selection
 
 
+def worst_case_seconds(catalog: Catalog, task: TaskSpec) -> float:
+    """How long one execution of `task` can take: every attempt timing out, every retry delay
+    at its longest (jitter may add up to the delay itself)."""
+    agent = catalog.agents.get(task.agent)
+    timeout = task.timeout or (agent.timeout if agent is not None else 120.0)
+    retry = task.retries
+    growth = {"exponential": lambda i: 2**i, "linear": lambda i: i + 1, "constant": lambda i: 1}[retry.backoff]
+    delays = sum(retry.delay * growth(i) * 2 for i in range(retry.count))
+    return timeout * (retry.count + 1) + delays
+
+
+def max_runtime_seconds(catalog: Catalog, unit_of: Mapping[str, str], names: Iterable[str], before: float) -> int:
+    """A `dagster/max_runtime` for a run of these tasks that starts up to `before` seconds early.
+
+    Run monitoring fails a run that exceeds it: with Dagster's default launcher that is how a
+    run killed with its machine stops showing STARTED. Steps run one after another, each unit's
+    slowest task bounding its step.
+    """
+    slowest: dict[str, float] = {}
+    for name in names:
+        unit = unit_of.get(name, name)
+        slowest[unit] = max(slowest.get(unit, 0.0), worst_case_seconds(catalog, catalog.tasks[name]))
+    return int(before + sum(slowest.values()) + RUN_OVERHEAD_S)
+
+
+#: Start-up, materialization and slack on top of a run's agent calls.
+RUN_OVERHEAD_S = 300
+
+
 @dataclass(frozen=True)
 class WindowRun:
     run_key: str

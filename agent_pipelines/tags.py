@@ -29,6 +29,8 @@ RUN_NOW_ID = f"{PREFIX}/run_now_id"
 LATENESS_MS = f"{PREFIX}/lateness_ms"
 
 SCHEDULED_EXECUTION_TIME = ".dagster/scheduled_execution_time"
+#: Dagster's run monitoring fails a run still going after this many seconds.
+MAX_RUNTIME = "dagster/max_runtime"
 ROOT_RUN_ID = "dagster/root_run_id"
 
 _STRICT_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")

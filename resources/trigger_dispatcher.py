@@ -15,6 +15,7 @@ from agent_pipelines import tags
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.dispatcher import Dispatcher
 from agent_pipelines.execution import TaskRunner
+from agent_pipelines.heartbeat import RunHeartbeat
 from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.registry import PromptRegistry
 from agent_pipelines.store import StateStore
@@ -52,10 +53,11 @@ def build_trigger_dispatcher(catalog: Catalog) -> dg.ResourceDefinition:
             paused=store.paused_tasks() if window else set(),
             listen_for_events=window is not None,
         )
-        dispatcher.start()
-        try:
-            yield dispatcher
-        finally:
-            dispatcher.stop()
+        with RunHeartbeat(store, run.run_id, init_context.log):
+            dispatcher.start()
+            try:
+                yield dispatcher
+            finally:
+                dispatcher.stop()
 
     return trigger_dispatcher

@@ -6,7 +6,9 @@ Each tick (the sensor daemon's floor is 5 s) it
 2. applies each task's misfire policy to due times that nobody claimed by `due + grace` (daemon
    down, run lost): it claims them itself, as `missed` or as `catchup` with a catch-up run,
    so a late window run and the reconciler can never both fire one due time;
-3. launches the "run now" requests made from the CLI or `task_control_job`.
+3. launches the "run now" requests made from the CLI or `task_control_job`;
+4. fails the executions whose run died with them in flight (its heartbeat stopped): their
+   outcome is unknown, so they are reported, never sent again.
 The cursor remembers how far planning and reconciliation got; it lives in Dagster's storage.
 """
 
@@ -29,11 +31,13 @@ from agent_pipelines.planning import (
     DueIndex,
     downstream_in_run,
     due_index,
+    max_runtime_seconds,
     timed_tasks,
     window_floor,
     window_runs,
 )
-from agent_pipelines.store import Claim, StateStore
+from agent_pipelines.heartbeat import SILENT_AFTER_S
+from agent_pipelines.store import Claim, Execution, StateStore
 from agent_pipelines.timing import format_due, parse_due
 from agent_pipelines.triggers import Trigger
 
@@ -106,6 +110,7 @@ class Scheduler:
         self.listeners = [t.name for t in catalog.tasks.values() if t.events and t.enabled]
         graces = [t.misfire.grace for t in timed_tasks(catalog)]
         self.max_grace = dt.timedelta(seconds=max(graces, default=60.0))
+        self.interrupted: list[Execution] = []
 
     def tick(self, cursor: SchedulerCursor, now: dt.datetime, instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], SchedulerCursor]:
         # The cursor keeps milliseconds; so must every position derived from `now`, or the
@@ -117,6 +122,7 @@ class Scheduler:
         requests += self._reconcile(cursor, now, paused)
         requests += self._catchups_waiting()
         requests += self._run_now(instance)
+        self.interrupted = self.store.interrupt_silent(now - dt.timedelta(seconds=SILENT_AFTER_S))
         unique = {request.run_key: request for request in requests}
         return list(unique.values()), cursor
 
@@ -146,6 +152,9 @@ class Scheduler:
                 tags.WINDOW_START: format_due(start),
                 tags.WINDOW_END: format_due(end),
                 tags.TRIGGER: "schedule",
+                tags.MAX_RUNTIME: str(
+                    max_runtime_seconds(self.catalog, self.unit_of, run.tasks, (LEAD + WINDOW).total_seconds())
+                ),
             }
             if rescue:
                 run_tags[tags.RESCUE] = "true"
@@ -274,13 +283,15 @@ class Scheduler:
 
     def _catchup_request(self, task_name: str, due: dt.datetime) -> dg.RunRequest:
         task = self.catalog.tasks[task_name]
+        selection = downstream_in_run(self.catalog, [task_name])
         return dg.RunRequest(
             run_key=f"catchup:{Trigger.scheduled(due).idempotency_key(task_name)}",
-            asset_selection=[dg.AssetKey(n) for n in downstream_in_run(self.catalog, [task_name])],
+            asset_selection=[dg.AssetKey(n) for n in selection],
             tags={
                 **task_run_tags(self.catalog, task, "schedule"),
                 tags.DUE_TIME: format_due(due),
                 tags.CATCHUP: "true",
+                tags.MAX_RUNTIME: str(max_runtime_seconds(self.catalog, self.unit_of, selection, 0)),
             },
         )
 
@@ -311,7 +322,11 @@ class Scheduler:
                     run_key=f"run-now:{pending.id}",
                     asset_selection=[dg.AssetKey(task.name)],
                     run_config=self.variables_config(task.name, pending.variables) if pending.variables else {},
-                    tags={**task_run_tags(self.catalog, task, "manual"), tags.RUN_NOW_ID: str(pending.id)},
+                    tags={
+                        **task_run_tags(self.catalog, task, "manual"),
+                        tags.RUN_NOW_ID: str(pending.id),
+                        tags.MAX_RUNTIME: str(max_runtime_seconds(self.catalog, self.unit_of, [task.name], 0)),
+                    },
                 )
             )
         self.store.mark_run_requests_launched(launched)
@@ -339,6 +354,11 @@ def build_scheduler_sensor(
         scheduler = Scheduler(catalog, store, unit_of, variables_config)
         cursor = SchedulerCursor.parse(context.cursor)
         requests, cursor = scheduler.tick(cursor, utcnow(), context.instance)
+        for execution in scheduler.interrupted:
+            context.log.warning(
+                f"{execution.task}: {execution.idempotency_key} was in flight when run {execution.run_id} "
+                "died; marked failed (interrupted, outcome unknown), not sent again"
+            )
         return dg.SensorResult(run_requests=requests, cursor=cursor.dump())
 
     return task_scheduler_sensor

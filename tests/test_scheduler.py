@@ -12,6 +12,7 @@ import pytest
 from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.factory import build_definitions
 from agent_pipelines.grouping import find_workflows, group_tasks
+from agent_pipelines.planning import LEAD, WINDOW, worst_case_seconds
 from agent_pipelines.store import Claim, StateStore
 from agent_pipelines.timing import parse_due
 from agent_pipelines.triggers import Trigger
@@ -88,6 +89,10 @@ def test_windows_are_planned_ahead_once(catalog, store, instance) -> None:
     ]
     assert first.tags["agent_pipelines/window_start"] == "2026-11-23T12:00:00.000Z"
     assert first.tags["agent_pipelines/window_end"] == "2026-11-23T12:01:00.000Z"
+    # run monitoring fails a window run killed with its machine once it outlives every retry
+    lead_and_window = (LEAD + WINDOW).total_seconds()
+    slowest = max(worst_case_seconds(catalog, catalog.tasks[n]) for n in _selection(first))
+    assert lead_and_window + slowest < int(first.tags["dagster/max_runtime"]) < 24 * 3600
     assert "once" in _selection(by_key["window:2026-11-23T12:01:00.000Z:0"])
     assert cursor.planned_until == parse_due("2026-11-23T12:02:00Z")
 

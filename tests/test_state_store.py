@@ -3,13 +3,17 @@ table, safe when many processes start at once, and the records task steps rely o
 
 from __future__ import annotations
 
+import datetime as dt
 import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from agent_pipelines.heartbeat import RunHeartbeat
 from agent_pipelines.store import StateStore, sqlalchemy_url
+from agent_pipelines.store.store import INTERRUPTED
 from agent_pipelines.store.migrate import head_revision
 from agent_pipelines.store.schema import VERSION_TABLE
 
@@ -51,6 +55,26 @@ def test_execution_attempts_and_outcomes(store_url: str) -> None:
     assert (execution.status, execution.outcome, execution.attempts, execution.run_id) == ("succeeded", "ok", 2, "r2")
     assert [e.idempotency_key for e in store.executions_for_run("r2")] == ["k1"]
     assert store.executions_for_run("r1") == []
+    store.engine.dispose()
+
+
+def test_a_run_that_stops_beating_has_its_in_flight_executions_interrupted(store_url: str) -> None:
+    store = StateStore(store_url)
+    args = dict(task="t", agent="a", trigger="schedule", due_time=None, prompt_version="v")
+    store.begin_attempt(idempotency_key="alive", run_id="r-alive", **args)
+    store.begin_attempt(idempotency_key="dead", run_id="r-dead", **args)
+    store.begin_attempt(idempotency_key="done", run_id="r-dead", **args)
+    store.finish_attempt("done", succeeded=True, outcome="ok")
+    time.sleep(0.3)
+    cutoff = dt.datetime.now(dt.timezone.utc)
+    with RunHeartbeat(store, "r-alive", every_s=0.05):
+        time.sleep(0.3)
+        interrupted = store.interrupt_silent(cutoff)
+    assert [e.idempotency_key for e in interrupted] == ["dead"]
+    dead, alive, done = (store.get_execution(k) for k in ("dead", "alive", "done"))
+    assert (dead.status, dead.outcome, dead.failure_kind) == ("failed", "unknown", INTERRUPTED)
+    assert alive.status == "running" and done.status == "succeeded"
+    assert store.interrupt_silent(cutoff) == [], "each execution is interrupted once"
     store.engine.dispose()
 
 

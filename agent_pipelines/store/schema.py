@@ -26,7 +26,9 @@ executions = sa.Table(
     sa.Column("due_time", sa.DateTime(timezone=True)),
     sa.Column("prompt_version", sa.String(64)),
     # claimed -> running -> succeeded | failed; missed (a misfire the policy skipped);
-    # catchup (a misfire reserved for a catch-up run)
+    # catchup (a misfire reserved for a catch-up run). A running row's updated_at is its run's
+    # heartbeat: a run that stops beating died with the request in flight (failure_kind
+    # "interrupted", outcome unknown).
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("outcome", sa.String(16)),  # ok | failed | unknown (the agent may have acted)
     sa.Column("failure_kind", sa.String(32)),  # resources.agents.base.FailureKind
@@ -41,6 +43,7 @@ executions = sa.Table(
     sa.Index("ix_agent_pipelines_executions_task_created", "task", "created_at"),
     sa.Index("ix_agent_pipelines_executions_run", "run_id"),
     sa.Index("ix_agent_pipelines_executions_task_due", "task", "due_time"),
+    sa.Index("ix_agent_pipelines_executions_status_updated", "status", "updated_at"),
 )
 
 task_sessions = sa.Table(

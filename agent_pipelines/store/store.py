@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 STATE_DB_FILENAME = "agent_pipelines.db"
 
 
+#: failure_kind of an execution whose run died while it was in flight (see `interrupt_silent`).
+INTERRUPTED = "interrupted"
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -311,6 +315,37 @@ class StateStore:
                 .returning(table.c.idempotency_key)
             ).scalars().all()
         return set(updated)
+
+    def beat(self, run_id: str) -> int:
+        """A live run's heartbeat: refresh its in-flight executions; return how many it has."""
+        table = schema.executions
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                table.update()
+                .where(table.c.run_id == run_id, table.c.status == "running")
+                .values(updated_at=utcnow())
+            )
+        return result.rowcount
+
+    def interrupt_silent(self, silent_since: dt.datetime) -> list[Execution]:
+        """In-flight executions whose run has not beaten since `silent_since`: the run died
+        (killed, machine lost) with the request sent or about to be. Nobody can tell whether the
+        agent acted, so they fail with outcome `unknown` and are not sent again."""
+        table = schema.executions
+        with self.engine.begin() as conn:
+            keys = conn.execute(
+                table.update()
+                .where(table.c.status == "running", table.c.updated_at < silent_since)
+                .values(
+                    status="failed",
+                    outcome="unknown",
+                    failure_kind=INTERRUPTED,
+                    error="its run stopped (killed or lost) while the request was in flight",
+                    updated_at=utcnow(),
+                )
+                .returning(table.c.idempotency_key)
+            ).scalars().all()
+        return self._executions(table.c.idempotency_key.in_(keys)) if keys else []
 
     def executions_with_status(self, status: str, limit: int = 1000) -> list[Execution]:
         table = schema.executions
