@@ -229,7 +229,10 @@ def task_history(name: str, limit: int) -> None:
             due = execution.due_time.isoformat() if execution.due_time else "-"
             click.echo(
                 f"{due}  {execution.status:<9} attempts={execution.attempts}  run={execution.run_id or '-'}  "
-                f"{execution.idempotency_key}" + (f"  error={execution.error}" if execution.error else "")
+                f"{execution.idempotency_key}"
+                + (f"  {execution.failure_kind}" if execution.failure_kind else "")
+                + (f" (outcome {execution.outcome})" if execution.outcome == "unknown" else "")
+                + (f"  error={execution.error}" if execution.error else "")
             )
 
 

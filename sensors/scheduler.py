@@ -7,8 +7,9 @@ Each tick (the sensor daemon's floor is 5 s) it
    down, run lost): it claims them itself, as `missed` or as `catchup` with a catch-up run,
    so a late window run and the reconciler can never both fire one due time;
 3. launches the "run now" requests made from the CLI or `task_control_job`;
-4. fails the executions whose run died with them in flight (its heartbeat stopped): their
-   outcome is unknown, so they are reported, never sent again.
+4. settles the runs that died (their heartbeat stopped, see `agent_pipelines.heartbeat`): marks
+   them failed in Dagster, fails the requests they had in flight (outcome unknown: reported,
+   never sent again) and hands unsent catch-ups to a new catch-up run.
 The cursor remembers how far planning and reconciliation got; it lives in Dagster's storage.
 """
 
@@ -45,6 +46,9 @@ SENSOR_NAME = "task_scheduler_sensor"
 #: How long after its due time an unclaimed execution counts as stranded (its run is gone).
 RESCUE_AFTER = dt.timedelta(seconds=3)
 _WAITING_STATUSES = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING)
+_UNFINISHED_STATUSES = (*_WAITING_STATUSES, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+#: Catch-up runs tried for one due time before it fails for good.
+MAX_CATCHUP_RUNS = 3
 
 
 def utcnow() -> dt.datetime:
@@ -110,7 +114,8 @@ class Scheduler:
         self.listeners = [t.name for t in catalog.tasks.values() if t.events and t.enabled]
         graces = [t.misfire.grace for t in timed_tasks(catalog)]
         self.max_grace = dt.timedelta(seconds=max(graces, default=60.0))
-        self.interrupted: list[Execution] = []
+        #: the runs found dead by the latest tick, with what they held
+        self.buried: list[tuple[dg.DagsterRun, list[Execution]]] = []
 
     def tick(self, cursor: SchedulerCursor, now: dt.datetime, instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], SchedulerCursor]:
         # The cursor keeps milliseconds; so must every position derived from `now`, or the
@@ -120,9 +125,9 @@ class Scheduler:
         requests = self._plan(cursor, now, paused)
         requests += self._rescue(cursor, now, paused, instance)
         requests += self._reconcile(cursor, now, paused)
-        requests += self._catchups_waiting()
+        self.buried = self._bury_dead_runs(instance, now)
+        requests += self._catchups_waiting(instance, {r.run_key for r in requests})
         requests += self._run_now(instance)
-        self.interrupted = self.store.interrupt_silent(now - dt.timedelta(seconds=SILENT_AFTER_S))
         unique = {request.run_key: request for request in requests}
         return list(unique.values()), cursor
 
@@ -281,11 +286,12 @@ class Scheduler:
             status=status,
         )
 
-    def _catchup_request(self, task_name: str, due: dt.datetime) -> dg.RunRequest:
+    def _catchup_request(self, task_name: str, due: dt.datetime, attempt: int = 0) -> dg.RunRequest:
         task = self.catalog.tasks[task_name]
         selection = downstream_in_run(self.catalog, [task_name])
+        run_key = f"catchup:{Trigger.scheduled(due).idempotency_key(task_name)}"
         return dg.RunRequest(
-            run_key=f"catchup:{Trigger.scheduled(due).idempotency_key(task_name)}",
+            run_key=f"{run_key}:{attempt}" if attempt else run_key,
             asset_selection=[dg.AssetKey(n) for n in selection],
             tags={
                 **task_run_tags(self.catalog, task, "schedule"),
@@ -295,13 +301,79 @@ class Scheduler:
             },
         )
 
-    def _catchups_waiting(self) -> list[dg.RunRequest]:
-        """Re-request catch-up runs whose reservation is not yet taken (a crashed tick)."""
+    def _catchups_waiting(self, instance: dg.DagsterInstance, requested: set[str]) -> list[dg.RunRequest]:
+        """Catch-ups reserved but not taken: request (again) the run that takes each one.
+
+        Reasons: a tick that crashed between reserving and requesting, or a catch-up run that
+        failed or died before sending (each try is a new run key; after `MAX_CATCHUP_RUNS`
+        the catch-up fails for good instead of looping).
+        """
+        waiting = [
+            e for e in self.store.executions_with_status("catchup")
+            if e.task in self.catalog.tasks and e.due_time is not None
+        ]
+        if not waiting:
+            return []
+        in_flight = {
+            (r.tags.get(tags.TASK), r.tags.get(tags.DUE_TIME))
+            for r in instance.get_runs(dg.RunsFilter(tags={tags.CATCHUP: "true"}, statuses=list(_UNFINISHED_STATUSES)))
+        }
         requests = []
-        for execution in self.store.executions_with_status("catchup"):
-            if execution.task in self.catalog.tasks and execution.due_time is not None:
-                requests.append(self._catchup_request(execution.task, execution.due_time))
+        for execution in waiting:
+            assert execution.due_time is not None
+            due = format_due(execution.due_time)
+            first = self._catchup_request(execution.task, execution.due_time)
+            if (execution.task, due) in in_flight or first.run_key in requested:
+                continue
+            earlier = instance.get_runs(
+                dg.RunsFilter(tags={tags.TASK: execution.task, tags.DUE_TIME: due, tags.CATCHUP: "true"})
+            )
+            if len(earlier) >= MAX_CATCHUP_RUNS:
+                self.store.give_up_catchup(
+                    execution.idempotency_key, f"{len(earlier)} catch-up runs ended without sending it"
+                )
+                continue
+            requests.append(self._catchup_request(execution.task, execution.due_time, attempt=len(earlier)))
         return requests
+
+    # -- 4. dead runs ---------------------------------------------------------------------------
+
+    def _bury_dead_runs(
+        self, instance: dg.DagsterInstance, now: dt.datetime
+    ) -> list[tuple[dg.DagsterRun, list[Execution]]]:
+        """Runs whose heartbeat stopped `SILENT_AFTER_S` ago are dead: settle what they held.
+
+        A run that never beat is judged only if it is one of ours (it carries a trigger tag)
+        and started that long ago; any other run is judged once it has beaten.
+        """
+        records = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]), limit=1000)
+        if not records:
+            return []
+        silent_since = now - dt.timedelta(seconds=SILENT_AFTER_S)
+        beats = self.store.last_beats([r.dagster_run.run_id for r in records])
+        buried = []
+        for record in records:
+            run = record.dagster_run
+            beat = beats.get(run.run_id)
+            if beat is not None:
+                dead = beat < silent_since
+            else:
+                started = record.start_time
+                dead = tags.TRIGGER in run.tags and started is not None and started < silent_since.timestamp()
+            if not dead:
+                continue
+            current = instance.get_run_by_id(run.run_id)
+            if current is None or current.status != dg.DagsterRunStatus.STARTED:
+                continue  # it finished meanwhile
+            held = self.store.release_dead_run(run.run_id, catchup=run.tags.get(tags.CATCHUP) == "true")
+            instance.report_run_failed(
+                current,
+                f"agent_pipelines: no heartbeat for {SILENT_AFTER_S:g} s, the run's process is gone "
+                f"(killed, or its machine lost); {len(held)} execution(s) settled",
+            )
+            self.store.forget_beats([run.run_id])
+            buried.append((current, held))
+        return buried
 
     # -- 3. run now -----------------------------------------------------------------------------
 
@@ -354,10 +426,10 @@ def build_scheduler_sensor(
         scheduler = Scheduler(catalog, store, unit_of, variables_config)
         cursor = SchedulerCursor.parse(context.cursor)
         requests, cursor = scheduler.tick(cursor, utcnow(), context.instance)
-        for execution in scheduler.interrupted:
+        for run, held in scheduler.buried:
             context.log.warning(
-                f"{execution.task}: {execution.idempotency_key} was in flight when run {execution.run_id} "
-                "died; marked failed (interrupted, outcome unknown), not sent again"
+                f"run {run.run_id} is dead (no heartbeat); marked failed. "
+                + "; ".join(f"{e.idempotency_key}: {e.status}" for e in held)
             )
         return dg.SensorResult(run_requests=requests, cursor=cursor.dump())
 

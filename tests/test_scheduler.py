@@ -3,17 +3,20 @@ planned once, misfire policies applied exactly, stale claims reclaimed, run-now 
 
 from __future__ import annotations
 
+import datetime as dt
 import textwrap
 from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.factory import build_definitions
 from agent_pipelines.grouping import find_workflows, group_tasks
 from agent_pipelines.planning import LEAD, WINDOW, worst_case_seconds
 from agent_pipelines.store import Claim, StateStore
+from agent_pipelines.store.schema import run_heartbeats
 from agent_pipelines.timing import parse_due
 from agent_pipelines.triggers import Trigger
 from sensors.scheduler import Scheduler, SchedulerCursor
@@ -211,3 +214,68 @@ def test_run_now_requests_are_launched_once(catalog, store, instance, tmp_path) 
     instance.create_run_for_job(job, asset_selection=frozenset({dg.AssetKey("daily")}), tags=run_now.tags)
     _scheduler(catalog, store).tick(cursor, parse_due("2026-11-23T12:00:06Z"), instance)
     assert store.pending_run_requests() == []
+
+
+def _now_quietly() -> tuple[SchedulerCursor, dt.datetime]:
+    """The real time (runs' timestamps are real), with planning and misfires already done."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return SchedulerCursor(planned_until=now + dt.timedelta(days=1), reconciled_until=now, rescued_until=now), now
+
+
+def _silent_run(instance, store: StateStore, run_tags: dict[str, str]) -> dg.DagsterRun:
+    """A STARTED run whose process is gone: its last heartbeat is minutes old."""
+    run = instance.add_run(dg.DagsterRun(job_name="agent_tasks_job", status=dg.DagsterRunStatus.STARTED, tags=run_tags))
+    store.beat(run.run_id)
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(run_heartbeats).where(run_heartbeats.c.run_id == run.run_id).values(beat_at=parse_due("2026-11-23T11:00:00Z")))
+    return run
+
+
+def test_a_dead_catchup_run_is_failed_and_its_catchup_goes_to_a_new_run(catalog, store, instance) -> None:
+    due = parse_due("2026-11-23T11:58:00Z")
+    key = Trigger.scheduled(due).idempotency_key("all_policy")
+    run_tags = {
+        "agent_pipelines/task": "all_policy",
+        "agent_pipelines/due_time": "2026-11-23T11:58:00.000Z",
+        "agent_pipelines/catchup": "true",
+        "agent_pipelines/trigger": "schedule",
+    }
+    dead = _silent_run(instance, store, run_tags)
+    store.claim([Claim(key, "all_policy", "a", dead.run_id, "schedule", due, "v", status="claimed")])
+    alive = instance.add_run(dg.DagsterRun(job_name="agent_tasks_job", status=dg.DagsterRunStatus.STARTED, tags=run_tags))
+    store.beat(alive.run_id)
+
+    scheduler = _scheduler(catalog, store)
+    requests, _ = scheduler.tick(*_now_quietly(), instance)
+
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED, "a beating run lives"
+    assert [(r.run_id, [e.idempotency_key for e in held]) for r, held in scheduler.buried] == [(dead.run_id, [key])]
+    assert store.get_execution(key).status == "catchup"
+    # the alive run carries the same catch-up: nothing is requested while it is in flight
+    assert not [r for r in requests if r.run_key.startswith("catchup:")]
+    instance.report_run_failed(instance.get_run_by_id(alive.run_id), "gone too")
+    requests, _ = scheduler.tick(*_now_quietly(), instance)
+    assert [r.run_key for r in requests if r.run_key.startswith("catchup:")] == [f"catchup:{key}:2"]
+
+
+def test_catchups_stop_after_three_runs_that_sent_nothing(catalog, store, instance) -> None:
+    due = parse_due("2026-11-23T11:58:00Z")
+    key = Trigger.scheduled(due).idempotency_key("all_policy")
+    store.claim([Claim(key, "all_policy", "a", "", "schedule", due, "v", status="catchup")])
+    run_tags = {"agent_pipelines/task": "all_policy", "agent_pipelines/due_time": "2026-11-23T11:58:00.000Z", "agent_pipelines/catchup": "true"}
+    for _ in range(3):
+        instance.add_run(dg.DagsterRun(job_name="agent_tasks_job", status=dg.DagsterRunStatus.FAILURE, tags=run_tags))
+    requests, _ = _scheduler(catalog, store).tick(*_now_quietly(), instance)
+    assert not [r for r in requests if r.run_key.startswith("catchup:")]
+    execution = store.get_execution(key)
+    assert (execution.status, execution.failure_kind) == ("failed", "catchup_failed")
+
+
+def test_a_silent_window_run_fails_its_in_flight_request(catalog, store, instance) -> None:
+    dead = _silent_run(instance, store, {"agent_pipelines/trigger": "schedule", "agent_pipelines/window_start": "2026-11-23T12:00:00.000Z"})
+    store.begin_attempt(idempotency_key="k", task="every_20s", agent="a", run_id=dead.run_id, trigger="schedule", due_time=None, prompt_version="v")
+    _scheduler(catalog, store).tick(*_now_quietly(), instance)
+    execution = store.get_execution("k")
+    assert (execution.status, execution.outcome, execution.failure_kind) == ("failed", "unknown", "interrupted")
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE

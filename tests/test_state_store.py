@@ -3,7 +3,6 @@ table, safe when many processes start at once, and the records task steps rely o
 
 from __future__ import annotations
 
-import datetime as dt
 import multiprocessing
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from agent_pipelines.heartbeat import RunHeartbeat
-from agent_pipelines.store import StateStore, sqlalchemy_url
+from agent_pipelines.store import Claim, StateStore, sqlalchemy_url
 from agent_pipelines.store.store import INTERRUPTED
 from agent_pipelines.store.migrate import head_revision
 from agent_pipelines.store.schema import VERSION_TABLE
@@ -58,23 +57,28 @@ def test_execution_attempts_and_outcomes(store_url: str) -> None:
     store.engine.dispose()
 
 
-def test_a_run_that_stops_beating_has_its_in_flight_executions_interrupted(store_url: str) -> None:
+def test_heartbeats_and_what_a_dead_run_leaves(store_url: str) -> None:
     store = StateStore(store_url)
+    with RunHeartbeat(store, "r-alive", every_s=0.05):
+        first = store.last_beats(["r-alive"])["r-alive"]
+        time.sleep(0.3)
+        assert store.last_beats(["r-alive", "r-other"])["r-alive"] > first
+        assert "r-other" not in store.last_beats(["r-alive", "r-other"])
+    assert store.last_beats(["r-alive"]) == {}, "a run that ends cleanly leaves no heartbeat behind"
+
     args = dict(task="t", agent="a", trigger="schedule", due_time=None, prompt_version="v")
-    store.begin_attempt(idempotency_key="alive", run_id="r-alive", **args)
-    store.begin_attempt(idempotency_key="dead", run_id="r-dead", **args)
+    store.begin_attempt(idempotency_key="in-flight", run_id="r-dead", **args)
     store.begin_attempt(idempotency_key="done", run_id="r-dead", **args)
     store.finish_attempt("done", succeeded=True, outcome="ok")
-    time.sleep(0.3)
-    cutoff = dt.datetime.now(dt.timezone.utc)
-    with RunHeartbeat(store, "r-alive", every_s=0.05):
-        time.sleep(0.3)
-        interrupted = store.interrupt_silent(cutoff)
-    assert [e.idempotency_key for e in interrupted] == ["dead"]
-    dead, alive, done = (store.get_execution(k) for k in ("dead", "alive", "done"))
-    assert (dead.status, dead.outcome, dead.failure_kind) == ("failed", "unknown", INTERRUPTED)
-    assert alive.status == "running" and done.status == "succeeded"
-    assert store.interrupt_silent(cutoff) == [], "each execution is interrupted once"
+    store.claim([Claim("unsent", "t", "a", "r-dead", "schedule", None, "v", status="claimed")])
+    store.claim([Claim("elsewhere", "t", "a", "r-alive", "schedule", None, "v", status="claimed")])
+    held = {e.idempotency_key: e for e in store.release_dead_run("r-dead", catchup=True)}
+    assert sorted(held) == ["in-flight", "unsent"]
+    assert (held["in-flight"].status, held["in-flight"].outcome, held["in-flight"].failure_kind) == ("failed", "unknown", INTERRUPTED)
+    assert (held["unsent"].status, held["unsent"].run_id) == ("catchup", ""), "a catch-up it took goes back"
+    assert store.get_execution("done").status == "succeeded"
+    assert store.get_execution("elsewhere").status == "claimed"
+    assert store.release_dead_run("r-dead", catchup=True) == [], "settled once"
     store.engine.dispose()
 
 

@@ -127,11 +127,14 @@ def test_sigkill_of_the_daemon_and_its_runs(platform) -> None:
         message="firing again after the restart",
     )
     store = p.store()
-    wait_until(
-        lambda: not store.executions_with_status("catchup") and not store.executions_with_status("running"),
-        timeout_s=120,
-        message="catch-up runs to finish",
-    )
+
+    def lingering() -> list[str]:
+        return [f"{e.idempotency_key} {e.status} run={e.run_id}" for s in ("catchup", "running") for e in store.executions_with_status(s)]
+
+    try:
+        wait_until(lambda: not lingering(), timeout_s=120, message="catch-up runs to finish")
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {lingering()}\n{p.daemon_logs()[-4000:]}") from None
     p.kill_daemon(with_its_runs=False)
 
     with p.instance() as instance:

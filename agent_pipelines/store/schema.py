@@ -26,9 +26,8 @@ executions = sa.Table(
     sa.Column("due_time", sa.DateTime(timezone=True)),
     sa.Column("prompt_version", sa.String(64)),
     # claimed -> running -> succeeded | failed; missed (a misfire the policy skipped);
-    # catchup (a misfire reserved for a catch-up run). A running row's updated_at is its run's
-    # heartbeat: a run that stops beating died with the request in flight (failure_kind
-    # "interrupted", outcome unknown).
+    # catchup (a misfire reserved for a catch-up run). A running row whose run died (its
+    # heartbeat stopped) fails with failure_kind "interrupted", outcome unknown.
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("outcome", sa.String(16)),  # ok | failed | unknown (the agent may have acted)
     sa.Column("failure_kind", sa.String(32)),  # resources.agents.base.FailureKind
@@ -44,6 +43,14 @@ executions = sa.Table(
     sa.Index("ix_agent_pipelines_executions_run", "run_id"),
     sa.Index("ix_agent_pipelines_executions_task_due", "task", "due_time"),
     sa.Index("ix_agent_pipelines_executions_status_updated", "status", "updated_at"),
+)
+
+run_heartbeats = sa.Table(
+    "agent_pipelines_run_heartbeats",
+    metadata,
+    # Refreshed every few seconds by each live run that executes tasks (agent_pipelines.heartbeat).
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 task_sessions = sa.Table(

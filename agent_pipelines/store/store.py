@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 STATE_DB_FILENAME = "agent_pipelines.db"
 
 
-#: failure_kind of an execution whose run died while it was in flight (see `interrupt_silent`).
+#: failure_kind of an execution whose run died while it was in flight (see `release_dead_run`).
 INTERRUPTED = "interrupted"
 
 
@@ -316,36 +316,74 @@ class StateStore:
             ).scalars().all()
         return set(updated)
 
-    def beat(self, run_id: str) -> int:
-        """A live run's heartbeat: refresh its in-flight executions; return how many it has."""
-        table = schema.executions
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                table.update()
-                .where(table.c.run_id == run_id, table.c.status == "running")
-                .values(updated_at=utcnow())
-            )
-        return result.rowcount
+    # -- run heartbeats -------------------------------------------------------------------------
 
-    def interrupt_silent(self, silent_since: dt.datetime) -> list[Execution]:
-        """In-flight executions whose run has not beaten since `silent_since`: the run died
-        (killed, machine lost) with the request sent or about to be. Nobody can tell whether the
-        agent acted, so they fail with outcome `unknown` and are not sent again."""
+    def beat(self, run_id: str) -> None:
+        """A live run says so (see `agent_pipelines.heartbeat`)."""
+        table = schema.run_heartbeats
+        now = utcnow()
+        statement = self._insert(table).values(run_id=run_id, beat_at=now)
+        statement = statement.on_conflict_do_update(index_elements=[table.c.run_id], set_={"beat_at": now})
+        with self.engine.begin() as conn:
+            conn.execute(statement)
+
+    def forget_beats(self, run_ids: Sequence[str]) -> None:
+        if not run_ids:
+            return
+        table = schema.run_heartbeats
+        with self.engine.begin() as conn:
+            conn.execute(table.delete().where(table.c.run_id.in_(list(run_ids))))
+
+    def last_beats(self, run_ids: Sequence[str]) -> dict[str, dt.datetime]:
+        table = schema.run_heartbeats
+        found: dict[str, dt.datetime] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(run_ids), 500):
+                chunk = list(run_ids[start : start + 500])
+                rows = conn.execute(sa.select(table.c.run_id, table.c.beat_at).where(table.c.run_id.in_(chunk))).all()
+                found.update({row.run_id: _aware(row.beat_at) for row in rows})
+        return found
+
+    def release_dead_run(self, run_id: str, *, catchup: bool) -> list[Execution]:
+        """Settle what a dead run held; return the executions changed.
+
+        Requests in flight have an unknown outcome (the agent may have acted): they fail as
+        `interrupted` and are never sent again. Claims a catch-up run took but never sent go
+        back to `catchup` for another catch-up run; a window run's unsent claims are left to
+        the misfire reconciler, which treats them as missed.
+        """
         table = schema.executions
+        now = utcnow()
         with self.engine.begin() as conn:
             keys = conn.execute(
                 table.update()
-                .where(table.c.status == "running", table.c.updated_at < silent_since)
+                .where(table.c.run_id == run_id, table.c.status == "running")
                 .values(
                     status="failed",
                     outcome="unknown",
                     failure_kind=INTERRUPTED,
-                    error="its run stopped (killed or lost) while the request was in flight",
-                    updated_at=utcnow(),
+                    error=f"run {run_id} died (killed or its machine lost) while the request was in flight",
+                    updated_at=now,
                 )
                 .returning(table.c.idempotency_key)
             ).scalars().all()
+            if catchup:
+                keys += conn.execute(
+                    table.update()
+                    .where(table.c.run_id == run_id, table.c.status == "claimed", table.c.attempts == 0)
+                    .values(status="catchup", run_id="", updated_at=now)
+                    .returning(table.c.idempotency_key)
+                ).scalars().all()
         return self._executions(table.c.idempotency_key.in_(keys)) if keys else []
+
+    def give_up_catchup(self, idempotency_key: str, reason: str) -> None:
+        table = schema.executions
+        with self.engine.begin() as conn:
+            conn.execute(
+                table.update()
+                .where(table.c.idempotency_key == idempotency_key, table.c.status == "catchup")
+                .values(status="failed", outcome="failed", failure_kind="catchup_failed", error=reason, updated_at=utcnow())
+            )
 
     def executions_with_status(self, status: str, limit: int = 1000) -> list[Execution]:
         table = schema.executions

@@ -1,4 +1,4 @@
-"""Find in-flight executions by status and age: the scheduler's interrupted-run check.
+"""Run heartbeats (a dead run is noticed in seconds) and a status index on executions.
 
 Revision ID: 0004
 Revises: 0003
@@ -7,6 +7,7 @@ Create Date: 2026-11-23
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
@@ -16,6 +17,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "agent_pipelines_run_heartbeats",
+        sa.Column("run_id", sa.String(64), primary_key=True),
+        sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
+    )
     op.create_index(
         "ix_agent_pipelines_executions_status_updated", "agent_pipelines_executions", ["status", "updated_at"]
     )
@@ -23,3 +29,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_agent_pipelines_executions_status_updated", "agent_pipelines_executions")
+    op.drop_table("agent_pipelines_run_heartbeats")
