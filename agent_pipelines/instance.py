@@ -26,9 +26,13 @@ run_coordinator:
   config:
     max_concurrent_runs: 25
     dequeue_interval_seconds: 1
+# A run whose process died before it started (killed with its machine while STARTING) is
+# failed after start_timeout_seconds, so its due time goes to a rescue or a new catch-up run;
+# a STARTED run that dies is caught sooner by the heartbeats (agent_pipelines/heartbeat.py).
 run_monitoring:
   enabled: true
-  start_timeout_seconds: 180
+  start_timeout_seconds: 90
+  poll_interval_seconds: 10
   max_resume_run_attempts: 0
 """
 
