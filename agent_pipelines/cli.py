@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -422,6 +423,7 @@ def up(host: str, port: int, demo_agent_port: int, demo_agent: bool, ingress_por
                 [str(bin_dir / "agent-pipelines"), "demo-agent", "--port", str(demo_agent_port)],
                 env=env,
                 cwd=project,
+                start_new_session=True,
             )
         )
     children.append(
@@ -429,6 +431,7 @@ def up(host: str, port: int, demo_agent_port: int, demo_agent: bool, ingress_por
             [str(bin_dir / "agent-pipelines"), "ingress", "--host", host, "--port", str(ingress_port)],
             env=env,
             cwd=project,
+            start_new_session=True,
         )
     )
     children.append(
@@ -436,6 +439,7 @@ def up(host: str, port: int, demo_agent_port: int, demo_agent: bool, ingress_por
             [str(bin_dir / "dagster"), "dev", "-w", str(project / "workspace.yaml"), "-h", host, "-p", str(port)],
             env=env,
             cwd=project,
+            start_new_session=True,
         )
     )
     click.echo(f"Dagster UI: http://{host}:{port}  (Ctrl-C stops everything)")
@@ -443,6 +447,12 @@ def up(host: str, port: int, demo_agent_port: int, demo_agent: bool, ingress_por
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+    """Wait until Ctrl-C, SIGTERM or a child exiting; then stop every child's whole process group.
+
+    Each child leads its own group, so that a `make run` stopped by SIGTERM (not only by a
+    terminal's Ctrl-C, which reaches the whole foreground group) leaves no webserver, daemon,
+    code server or run worker behind.
+    """
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -460,15 +470,21 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
                 stopping = True
         time.sleep(0.5)
     for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGINT)
-    deadline = time.time() + 20
+        _signal_group(child, signal.SIGINT)
+    deadline = time.time() + 30
     for child in children:
         try:
             child.wait(timeout=max(0.1, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            child.kill()
+            pass
+    for child in children:
+        _signal_group(child, signal.SIGKILL)  # whatever outlived the grace period, run workers included
     sys.exit(exit_code)
+
+
+def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signum)
 
 
 main.help = f"""Agent task scheduling on Dagster.
