@@ -263,7 +263,10 @@ class _TaskStep:
         again: list[Planned] = []
         for task in selected:
             if not earlier.get(task.name):
-                again.extend(self._planned(task))
+                # The dispatcher's due times and events that never got an execution row were
+                # skipped or never came: nothing of them to retry. Other tasks start afresh.
+                if not self.dispatcher.handles(task.name):
+                    again.extend(self._planned(task))
                 continue
             for execution in earlier[task.name]:
                 _task, trigger = Trigger.from_key(execution.idempotency_key)

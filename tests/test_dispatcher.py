@@ -25,6 +25,12 @@ sources:
   - {name: hooks, auth: {kind: bearer, token_env: HOOK_TOKEN}}
 tasks:
   - {name: tick, owner: ops, agent: demo, prompt: "tick at {{ due_time.isoformat() }}", schedule: {every: 1s}}
+  - name: pulse
+    owner: ops
+    agent: demo
+    prompt: "pulse at {{ due_time.isoformat() }}"
+    schedule: {every: 1s}
+    retries: {count: 1, delay: 1s}
   - name: after_tick
     owner: ops
     agent: claw
@@ -35,6 +41,7 @@ tasks:
     agent: demo
     events: [{source: hooks, type: deploy, match: {env: prod}}]
     prompt: "deploy {{ event.payload.version }} ({{ event.id }})"
+    retries: {count: 1, delay: 1s}  # as pulse's: both share one op, hence one step and its retries
 """
 
 
@@ -148,3 +155,14 @@ def test_events_are_picked_up_while_the_window_run_waits(defs, instance, demo_ag
         dt.datetime.now(UTC) + dt.timedelta(seconds=60),
     )
     assert requests == []
+
+
+def test_a_step_retry_resends_the_failed_due_time_and_nothing_else(defs, instance, demo_agent) -> None:
+    demo_agent.push_faults([{"status": 503}])
+    result = _window_run(defs, instance, _window(1, 1), "pulse", "on_deploy")
+    assert result.success, "the retried step sent the failed due time again"
+    keys = [r.headers["idempotency-key"] for r in demo_agent.requests()]
+    assert len(keys) == 2 and len(set(keys)) == 1, keys
+    assert ":schedule:" in keys[0], "the event listener, which got no event, sent nothing"
+    assert [m.metadata["attempts"].value for m in _materializations(instance, "pulse")] == [2]
+    assert _materializations(instance, "on_deploy") == []
