@@ -198,10 +198,12 @@ class TaskRunner:
                 for item, _request, _time, version, _canary in rendered
             ]
         )
-        prepared = [
-            Prepared(item, request, attempts[item.key], when, version, canary)
-            for item, request, when, version, canary in rendered
-        ]
+        prepared = []
+        for item, request, when, version, canary in rendered:
+            if item.key in attempts:
+                prepared.append(Prepared(item, request, attempts[item.key], when, version, canary))
+            else:
+                failed.append(Outcome(item, skipped="the misfire reconciler decided it first (missed or caught up)"))
         return prepared, failed
 
     def _render(self, planned: Planned) -> tuple[AgentRequest, dt.datetime, str, bool] | Outcome:

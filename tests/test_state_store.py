@@ -82,6 +82,18 @@ def test_heartbeats_and_what_a_dead_run_leaves(store_url: str) -> None:
     store.engine.dispose()
 
 
+def test_a_claim_the_reconciler_decided_cannot_be_started(store_url: str) -> None:
+    store = StateStore(store_url)
+    store.claim([Claim("k", "t", "a", "slow-run", "schedule", None, "v")])
+    assert store.reassign_stale_claims(["k"], "missed") == {"k"}
+    row = dict(task="t", agent="a", run_id="slow-run", trigger="schedule", due_time=None, prompt_version="v")
+    # a burst: several rows in one statement, only the undecided one starts
+    assert store.begin_attempts([{**row, "idempotency_key": "k"}, {**row, "idempotency_key": "other"}]) == {"other": 1}
+    assert (store.get_execution("k").status, store.get_execution("k").attempts) == ("missed", 0)
+    assert store.begin_attempt(idempotency_key="k", **row) == 0
+    store.engine.dispose()
+
+
 def test_sessions_and_bounded_history(store_url: str) -> None:
     store = StateStore(store_url)
     assert store.session_remote_id("t", "hermes") is None

@@ -24,6 +24,8 @@ STATE_DB_FILENAME = "agent_pipelines.db"
 
 #: failure_kind of an execution whose run died while it was in flight (see `release_dead_run`).
 INTERRUPTED = "interrupted"
+#: Statuses the misfire reconciler gives a claim nobody started: no run may start it after that.
+RECONCILED_STATUSES = ("missed", "catchup")
 
 
 def utcnow() -> dt.datetime:
@@ -174,7 +176,8 @@ class StateStore:
         due_time: dt.datetime | None,
         prompt_version: str,
     ) -> int:
-        """Record one more attempt of an execution; return how many attempts it has had."""
+        """Record one more attempt of an execution; return how many attempts it has had (0: the
+        misfire reconciler has decided it, do not send)."""
         row = {
             "idempotency_key": idempotency_key,
             "task": task,
@@ -184,10 +187,13 @@ class StateStore:
             "due_time": due_time,
             "prompt_version": prompt_version,
         }
-        return self.begin_attempts([row])[idempotency_key]
+        return self.begin_attempts([row]).get(idempotency_key, 0)
 
     def begin_attempts(self, rows: Sequence[dict[str, Any]]) -> dict[str, int]:
-        """`begin_attempt` for many executions in one transaction (a burst of due tasks)."""
+        """`begin_attempt` for many executions in one transaction (a burst of due tasks).
+
+        Executions the misfire reconciler has taken over (`missed`, `catchup`) are left out.
+        """
         if not rows:
             return {}
         now = utcnow()
@@ -202,6 +208,10 @@ class StateStore:
                 "prompt_version": statement.excluded.prompt_version,
                 "updated_at": now,
             },
+            # A claim the misfire reconciler has meanwhile decided (its run looked dead) stays
+            # decided: the key is then missing from the result and the caller does not send.
+            # (no IN list: expanding parameters are not allowed in an executemany)
+            where=sa.and_(*(table.c.status != status for status in RECONCILED_STATUSES)),
         ).returning(table.c.idempotency_key, table.c.attempts)
         values = [{**row, "status": "running", "attempts": 1, "created_at": now, "updated_at": now} for row in rows]
         with self.engine.begin() as conn:
