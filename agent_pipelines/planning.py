@@ -22,6 +22,8 @@ WINDOW = dt.timedelta(seconds=60)
 #: Window runs are requested this far ahead: sensor tick (5 s) + queue + run start + code load.
 LEAD = dt.timedelta(seconds=75)
 MAX_GROUPS_PER_WINDOW_RUN = 10
+#: Start-up, materialization and slack on top of a run's agent calls (see `max_runtime_seconds`).
+RUN_OVERHEAD_S = 300
 _LOOKAHEAD = dt.timedelta(days=366)
 
 
@@ -116,10 +118,6 @@ def max_runtime_seconds(catalog: Catalog, unit_of: Mapping[str, str], names: Ite
         unit = unit_of.get(name, name)
         slowest[unit] = max(slowest.get(unit, 0.0), worst_case_seconds(catalog, catalog.tasks[name]))
     return int(before + sum(slowest.values()) + RUN_OVERHEAD_S)
-
-
-#: Start-up, materialization and slack on top of a run's agent calls.
-RUN_OVERHEAD_S = 300
 
 
 @dataclass(frozen=True)

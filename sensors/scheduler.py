@@ -93,6 +93,12 @@ class SchedulerCursor:
         )
 
 
+def catchup_run_key(task_name: str, due: dt.datetime, attempt: int = 0) -> str:
+    """One run key per try of one catch-up: a dead try must not block the next by its key."""
+    key = f"catchup:{Trigger.scheduled(due).idempotency_key(task_name)}"
+    return f"{key}:{attempt}" if attempt else key
+
+
 def task_run_tags(catalog: Catalog, task: TaskSpec, trigger: str) -> dict[str, str]:
     return {
         tags.TASK: task.name,
@@ -289,9 +295,8 @@ class Scheduler:
     def _catchup_request(self, task_name: str, due: dt.datetime, attempt: int = 0) -> dg.RunRequest:
         task = self.catalog.tasks[task_name]
         selection = downstream_in_run(self.catalog, [task_name])
-        run_key = f"catchup:{Trigger.scheduled(due).idempotency_key(task_name)}"
         return dg.RunRequest(
-            run_key=f"{run_key}:{attempt}" if attempt else run_key,
+            run_key=catchup_run_key(task_name, due, attempt),
             asset_selection=[dg.AssetKey(n) for n in selection],
             tags={
                 **task_run_tags(self.catalog, task, "schedule"),
@@ -322,8 +327,7 @@ class Scheduler:
         for execution in waiting:
             assert execution.due_time is not None
             due = format_due(execution.due_time)
-            first = self._catchup_request(execution.task, execution.due_time)
-            if (execution.task, due) in in_flight or first.run_key in requested:
+            if (execution.task, due) in in_flight or catchup_run_key(execution.task, execution.due_time) in requested:
                 continue
             earlier = instance.get_runs(
                 dg.RunsFilter(tags={tags.TASK: execution.task, tags.DUE_TIME: due, tags.CATCHUP: "true"})
@@ -334,6 +338,35 @@ class Scheduler:
                 )
                 continue
             requests.append(self._catchup_request(execution.task, execution.due_time, attempt=len(earlier)))
+        return requests
+
+    # -- 3. run now -----------------------------------------------------------------------------
+
+    def _run_now(self, instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+        requests: list[dg.RunRequest] = []
+        launched: list[int] = []
+        for pending in self.store.pending_run_requests():
+            task = self.catalog.tasks.get(pending.task)
+            if task is None:
+                launched.append(pending.id)  # the task left the catalog: nothing to run
+                continue
+            existing = instance.get_runs(dg.RunsFilter(tags={tags.RUN_NOW_ID: str(pending.id)}), limit=1)
+            if existing:
+                launched.append(pending.id)
+                continue
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"run-now:{pending.id}",
+                    asset_selection=[dg.AssetKey(task.name)],
+                    run_config=self.variables_config(task.name, pending.variables) if pending.variables else {},
+                    tags={
+                        **task_run_tags(self.catalog, task, "manual"),
+                        tags.RUN_NOW_ID: str(pending.id),
+                        tags.MAX_RUNTIME: str(max_runtime_seconds(self.catalog, self.unit_of, [task.name], 0)),
+                    },
+                )
+            )
+        self.store.mark_run_requests_launched(launched)
         return requests
 
     # -- 4. dead runs ---------------------------------------------------------------------------
@@ -374,35 +407,6 @@ class Scheduler:
             self.store.forget_beats([run.run_id])
             buried.append((current, held))
         return buried
-
-    # -- 3. run now -----------------------------------------------------------------------------
-
-    def _run_now(self, instance: dg.DagsterInstance) -> list[dg.RunRequest]:
-        requests: list[dg.RunRequest] = []
-        launched: list[int] = []
-        for pending in self.store.pending_run_requests():
-            task = self.catalog.tasks.get(pending.task)
-            if task is None:
-                launched.append(pending.id)  # the task left the catalog: nothing to run
-                continue
-            existing = instance.get_runs(dg.RunsFilter(tags={tags.RUN_NOW_ID: str(pending.id)}), limit=1)
-            if existing:
-                launched.append(pending.id)
-                continue
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"run-now:{pending.id}",
-                    asset_selection=[dg.AssetKey(task.name)],
-                    run_config=self.variables_config(task.name, pending.variables) if pending.variables else {},
-                    tags={
-                        **task_run_tags(self.catalog, task, "manual"),
-                        tags.RUN_NOW_ID: str(pending.id),
-                        tags.MAX_RUNTIME: str(max_runtime_seconds(self.catalog, self.unit_of, [task.name], 0)),
-                    },
-                )
-            )
-        self.store.mark_run_requests_launched(launched)
-        return requests
 
 
 def build_scheduler_sensor(

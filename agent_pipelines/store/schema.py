@@ -42,7 +42,7 @@ executions = sa.Table(
     sa.Index("ix_agent_pipelines_executions_task_created", "task", "created_at"),
     sa.Index("ix_agent_pipelines_executions_run", "run_id"),
     sa.Index("ix_agent_pipelines_executions_task_due", "task", "due_time"),
-    sa.Index("ix_agent_pipelines_executions_status_updated", "status", "updated_at"),
+    sa.Index("ix_agent_pipelines_executions_status", "status"),
 )
 
 run_heartbeats = sa.Table(

@@ -1,4 +1,5 @@
-"""Run heartbeats (a dead run is noticed in seconds) and a status index on executions.
+"""Run heartbeats (a dead run is noticed in seconds) and a status index on executions (the
+scheduler looks up catch-ups waiting for a run every tick).
 
 Revision ID: 0004
 Revises: 0003
@@ -22,11 +23,9 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(64), primary_key=True),
         sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
     )
-    op.create_index(
-        "ix_agent_pipelines_executions_status_updated", "agent_pipelines_executions", ["status", "updated_at"]
-    )
+    op.create_index("ix_agent_pipelines_executions_status", "agent_pipelines_executions", ["status"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_agent_pipelines_executions_status_updated", "agent_pipelines_executions")
+    op.drop_index("ix_agent_pipelines_executions_status", "agent_pipelines_executions")
     op.drop_table("agent_pipelines_run_heartbeats")
