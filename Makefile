@@ -26,7 +26,7 @@ validate: $(STAMP)
 	$(BIN)/agent-pipelines validate
 
 lint: $(STAMP)
-	$(BIN)/ruff check --select F,E9,B006,B008 agent_pipelines assets resources sensors tests benchmarks
+	$(BIN)/ruff check --select F,E9,B006,B008 agent_pipelines assets jobs resources sensors tests benchmarks
 
 clean:
 	rm -rf $(VENV) .dagster_home .pytest_cache

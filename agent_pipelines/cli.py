@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -175,14 +172,14 @@ def task_list(path: Path | None) -> None:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-def _control(name: str, action: str, reason: str | None, variables: dict | None = None) -> None:
+def _control(name: str, action: str, reason: str | None, variables: dict | None = None, event: dict | None = None) -> None:
     from agent_pipelines.control import TaskAction, apply_action
 
     catalog = load_catalog(default_catalog_path())
     instance, store = _open_store()
     with instance:
         try:
-            click.echo(apply_action(catalog, store, name, TaskAction(action), reason=reason, variables=variables))
+            click.echo(apply_action(catalog, store, name, TaskAction(action), reason=reason, variables=variables, event=event))
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
 
@@ -206,8 +203,11 @@ def task_resume(name: str, reason: str | None) -> None:
 @task.command("run-now")
 @click.argument("name")
 @click.option("--var", "variables", multiple=True, help="Override a prompt variable: --var topic=AI (value parsed as YAML).")
-def task_run_now(name: str, variables: tuple[str, ...]) -> None:
+@click.option("--event", "event", default=None, help='Event tasks: the sample event\'s JSON payload, e.g. \'{"version": "4.2"}\'.')
+def task_run_now(name: str, variables: tuple[str, ...], event: str | None) -> None:
     """Run a task once, now, through the daemon (task_scheduler_sensor launches it)."""
+    import json
+
     import yaml
 
     parsed = {}
@@ -216,25 +216,47 @@ def task_run_now(name: str, variables: tuple[str, ...]) -> None:
         if not sep:
             raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--var")
         parsed[key] = yaml.safe_load(value)
-    _control(name, "run_now", None, parsed or None)
+    payload = None
+    if event is not None:
+        try:
+            payload = json.loads(event)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--event") from exc
+        if not isinstance(payload, dict):
+            raise click.BadParameter("the payload must be a JSON object", param_hint="--event")
+    _control(name, "run_now", None, parsed or None, payload)
 
 
 @task.command("history")
 @click.argument("name")
 @click.option("--limit", default=20, show_default=True, type=int)
 def task_history(name: str, limit: int) -> None:
-    """The task's latest executions: due time, status, attempts, lateness."""
+    """The task's latest executions: when due (or triggered), status, attempts, lateness, why."""
+    from agent_pipelines.history import history_lines
+
     instance, store = _open_store()
     with instance:
-        for execution in store.executions_for_task(name, limit=limit):
-            due = execution.due_time.isoformat() if execution.due_time else "-"
-            click.echo(
-                f"{due}  {execution.status:<9} attempts={execution.attempts}  run={execution.run_id or '-'}  "
-                f"{execution.idempotency_key}"
-                + (f"  {execution.failure_kind}" if execution.failure_kind else "")
-                + (f" (outcome {execution.outcome})" if execution.outcome == "unknown" else "")
-                + (f"  error={execution.error}" if execution.error else "")
-            )
+        for line in history_lines(store.executions_for_task(name, limit=limit)):
+            click.echo(line)
+
+
+@main.group()
+def executions() -> None:
+    """Execution records: one in full."""
+
+
+@executions.command("show")
+@click.argument("key")
+def executions_show(key: str) -> None:
+    """An execution's record with its full prompt and output (KEY: its idempotency key)."""
+    from agent_pipelines.history import execution_text
+
+    instance, store = _open_store()
+    with instance:
+        execution = store.get_execution(key)
+        if execution is None:
+            raise click.ClickException(f"no execution {key!r} (keys are listed by `agent-pipelines task history <task>`)")
+        click.echo(execution_text(execution, store.results([key]).get(key)))
 
 
 @main.group()
@@ -390,21 +412,23 @@ def _redact(url: str) -> str:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address of the Dagster UI.")
 @click.option("--port", default=3000, show_default=True, type=int, help="Port of the Dagster UI.")
+@click.option("--code-server-port", default=4266, show_default=True, type=int, help="Port of the code location's gRPC server.")
 @click.option("--demo-agent-port", default=8765, show_default=True, type=int)
 @click.option("--demo-agent/--no-demo-agent", default=True, show_default=True, help="Start the built-in demo agent.")
 @click.option("--ingress-port", default=8788, show_default=True, type=int, help="Port of the event ingress.")
-def up(host: str, port: int, demo_agent_port: int, demo_agent: bool, ingress_port: int) -> None:
-    """Run the platform: Dagster UI and daemon (`dagster dev`), event ingress, demo agent.
+def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent_port: int, ingress_port: int) -> None:
+    """Run the platform: code server, Dagster UI and daemon, event ingress, demo agent.
 
-    Stops everything on Ctrl-C, and stops everything when one part exits on its own.
+    Each part runs in a process of its own and is restarted (with back-off) when it dies, while
+    the others keep running. Ctrl-C stops everything within seconds.
     """
-    from agent_pipelines.instance import ensure_instance
+    from agent_pipelines.instance import ensure_instance, write_workspace
+    from agent_pipelines.supervisor import Part, Supervisor, settle_unfinished_runs
 
     home = ensure_instance()
     env = dict(os.environ, DAGSTER_HOME=str(home))
     env.setdefault("DEMO_AGENT_TOKEN", "demo-local-token")
     env.setdefault("DEMO_INGRESS_TOKEN", "demo-ingress-token")
-    env.setdefault("AGENT_PIPELINES_WEBSERVER_URL", f"http://{host}:{port}")
     env.setdefault(CATALOG_ENV_VAR, str(default_catalog_path()))
     project = Path(__file__).resolve().parents[1]
     bin_dir = Path(sys.executable).parent
@@ -414,77 +438,27 @@ def up(host: str, port: int, demo_agent_port: int, demo_agent: bool, ingress_por
     for problem in catalog.problems:
         click.echo(f"  {problem}")
     click.echo(f"DAGSTER_HOME={home}")
-
     subprocess.run([str(bin_dir / "agent-pipelines"), "pools", "sync"], env=env, check=False, cwd=project)
-    children: list[subprocess.Popen[bytes]] = []
+    settled = settle_unfinished_runs(home, "the platform stopped before it finished them")
+    if settled:
+        click.echo(f"failed {settled} run(s) left unfinished by the last stop")
+    workspace = write_workspace(home, host="127.0.0.1", port=code_server_port)
+
+    def part(name: str, *argv: str) -> Part:
+        return Part(name=name, argv=list(argv), env=env, cwd=project)
+
+    parts = [
+        part("code server", str(bin_dir / "dagster"), "code-server", "start", "-m", "agent_pipelines.definitions",
+             "-h", "127.0.0.1", "-p", str(code_server_port), "--log-level", "warning"),
+        part("webserver", str(bin_dir / "dagster-webserver"), "-w", str(workspace), "-h", host, "-p", str(port), "--log-level", "warning"),
+        part("daemon", str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace), "--log-level", "warning"),
+        part("ingress", str(bin_dir / "agent-pipelines"), "ingress", "--host", host, "--port", str(ingress_port)),
+    ]
     if demo_agent:
-        children.append(
-            subprocess.Popen(
-                [str(bin_dir / "agent-pipelines"), "demo-agent", "--port", str(demo_agent_port)],
-                env=env,
-                cwd=project,
-                start_new_session=True,
-            )
-        )
-    children.append(
-        subprocess.Popen(
-            [str(bin_dir / "agent-pipelines"), "ingress", "--host", host, "--port", str(ingress_port)],
-            env=env,
-            cwd=project,
-            start_new_session=True,
-        )
-    )
-    children.append(
-        subprocess.Popen(
-            [str(bin_dir / "dagster"), "dev", "-w", str(project / "workspace.yaml"), "-h", host, "-p", str(port)],
-            env=env,
-            cwd=project,
-            start_new_session=True,
-        )
-    )
+        parts.insert(0, part("demo agent", str(bin_dir / "agent-pipelines"), "demo-agent", "--port", str(demo_agent_port)))
     click.echo(f"Dagster UI: http://{host}:{port}  (Ctrl-C stops everything)")
-    _supervise(children)
-
-
-def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
-    """Wait until Ctrl-C, SIGTERM or a child exiting; then stop every child's whole process group.
-
-    Each child leads its own group, so that a `make run` stopped by SIGTERM (not only by a
-    terminal's Ctrl-C, which reaches the whole foreground group) leaves no webserver, daemon,
-    code server or run worker behind.
-    """
-    stopping = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    exit_code = 0
-    while not stopping:
-        for child in children:
-            if child.poll() is not None:
-                click.echo(f"{child.args[1] if len(child.args) > 1 else child.args[0]} exited with {child.returncode}; stopping")
-                exit_code = child.returncode or 1
-                stopping = True
-        time.sleep(0.5)
-    for child in children:
-        _signal_group(child, signal.SIGINT)
-    deadline = time.time() + 30
-    for child in children:
-        try:
-            child.wait(timeout=max(0.1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            pass
-    for child in children:
-        _signal_group(child, signal.SIGKILL)  # whatever outlived the grace period, run workers included
-    sys.exit(exit_code)
-
-
-def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signum)
+    supervisor = Supervisor(parts, say=lambda text: click.echo(f"agent-pipelines: {text}"), on_stopped=lambda: settle_unfinished_runs(home))
+    sys.exit(supervisor.run())
 
 
 main.help = f"""Agent task scheduling on Dagster.

@@ -1,20 +1,18 @@
 """Pause, resume and run-now per task: one job in the Dagster UI, the same calls from the CLI.
 
 One Dagster schedule per task cannot be toggled at 10,000 tasks, so task state lives in
-agent_pipelines' own table and the scheduler consults it. `task_control_job` is the UI's handle
-(Launchpad: pick the task and the action); every use is a run, so the run list is the audit log.
+agent_pipelines' own table and the scheduler consults it. `task_control_job` (jobs/control.py) is
+the UI's handle; the CLI calls the same function.
 """
 
 import enum
 import getpass
 from typing import Any
 
-import dagster as dg
-
 from agent_pipelines.catalog.loader import Catalog
+from agent_pipelines.catalog.templates import event_payload_fields
 from agent_pipelines.store import StateStore
 
-CONTROL_JOB = "task_control_job"
 
 
 class TaskAction(enum.Enum):
@@ -32,6 +30,7 @@ def apply_action(
     reason: str | None = None,
     by: str | None = None,
     variables: dict[str, Any] | None = None,
+    event: dict[str, Any] | None = None,
 ) -> str:
     """Apply one action; returns a sentence saying what happened. Raises ValueError on bad input."""
     if task not in catalog.tasks:
@@ -49,44 +48,22 @@ def apply_action(
             f"{task!r} is a batch task: launch its shards as a backfill (UI: asset {task!r} > Materialize "
             f"> all partitions, or `dagster asset materialize --select {task} --partition-range ...`)"
         )
-    unknown = set(variables or {}) - set(catalog.tasks[task].variables)
+    spec = catalog.tasks[task]
+    unknown = set(variables or {}) - set(spec.variables)
     if unknown:
         raise ValueError(f"task {task!r} declares no variables {sorted(unknown)}")
-    request_id = store.add_run_request(task, requested_by=by, variables=variables)
-    return f"run-now request {request_id} for {task}: task_scheduler_sensor launches it within seconds"
-
-
-class TaskControlConfig(dg.Config):
-    task: str
-    action: TaskAction
-    reason: str = ""
-    variables: dict[str, Any] = {}
-
-
-def build_control_job(catalog: Catalog) -> dg.JobDefinition:
-    @dg.op(name="apply_task_action", description="Pause, resume or run a catalog task now.")
-    def apply_task_action(context: dg.OpExecutionContext, config: TaskControlConfig) -> None:
-        store = StateStore.for_instance(context.instance)
-        try:
-            message = apply_action(
-                catalog,
-                store,
-                config.task,
-                config.action,
-                reason=config.reason or None,
-                by=context.run.tags.get("dagster/user") or "dagster-ui",
-                variables=config.variables or None,
+    request: dict[str, Any] = {"variables": variables or {}}
+    if spec.events:
+        if event is None:
+            fields = ", ".join(f'"{name}": ...' for name in event_payload_fields(spec.prompt + (spec.system or "")))
+            raise ValueError(
+                f"{task!r} is started by events: give a sample event payload to render its prompt, "
+                f"e.g. --event '{{{fields}}}'"
             )
-        except ValueError as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from exc
-        context.log.info(message)
-
-    @dg.job(
-        name=CONTROL_JOB,
-        description="Pause, resume or run-now one task. Launchpad: set `task` and `action`.",
-        tags={"agent_pipelines/control": "true"},
-    )
-    def task_control_job() -> None:
-        apply_task_action()
-
-    return task_control_job
+        subscription = spec.events[0]
+        kind = next((t for t in subscription.types() if t != "*"), "manual")
+        request["event"] = {"source": subscription.source, "type": kind, "payload": event}
+    elif event is not None:
+        raise ValueError(f"{task!r} is not started by events: it takes no --event")
+    request_id = store.add_run_request(task, requested_by=by, variables=request)
+    return f"run-now request {request_id} for {task}: task_scheduler_sensor launches it within seconds"

@@ -1,6 +1,6 @@
 """A deterministic demo agent over real HTTP, for `make run`, the tests and the benchmarks.
 
-It speaks every protocol the clients in `resources.agents` speak (OpenAI chat completions with
+It speaks every protocol the clients in `agent_pipelines.agents` speak (OpenAI chat completions with
 OpenClaw and Hermes session headers, Dify chat and workflow, a generic `/agent`), keeps
 sessions, honours `Idempotency-Key`, records what it received and fails on demand, so the
 whole pipeline can be exercised without a model. Everything is async: simulated latency is an
@@ -568,6 +568,17 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def authenticated_info(request: Request) -> Response:
+    """`GET /v1/models` (OpenAI-compatible) and `/v1/parameters` (Dify): what a health probe
+    asks; like the real ones they need the token, so a probe also proves the token works."""
+    config = request.app.state.demo_agent.config
+    if config.token and request.headers.get("authorization") != f"Bearer {config.token}":
+        return error_response(401, "missing or wrong bearer token", "authentication_error")
+    if request.url.path.endswith("/models"):
+        return JSONResponse({"object": "list", "data": [{"id": config.model, "object": "model", "owned_by": "demo"}]})
+    return JSONResponse({"opening_statement": "", "user_input_form": []})
+
+
 async def control_faults(request: Request) -> Response:
     state: DemoAgentState = request.app.state.demo_agent
     try:
@@ -600,6 +611,8 @@ def create_app(config: DemoAgentConfig | None = None) -> Starlette:
             Route("/v1/workflows/run", _agent_endpoint(dify_workflow), methods=["POST"]),
             Route("/agent", _agent_endpoint(generic_agent), methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/v1/models", authenticated_info, methods=["GET"]),
+            Route("/v1/parameters", authenticated_info, methods=["GET"]),
             Route("/_control/faults", control_faults, methods=["POST"]),
             Route("/_control/requests", control_requests, methods=["GET"]),
             Route("/_control/reset", control_reset, methods=["POST"]),

@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from agent_pipelines.catalog.loader import catalog_files, default_catalog_path, load_catalog
 from agent_pipelines.catalog.model import BearerAuthSpec, EventSourceSpec, HmacAuthSpec
-from agent_pipelines.events import MISSING, field_at
+from agent_pipelines.scheduling.subscriptions import MISSING, field_at
 from agent_pipelines.http_server import uvicorn_config
 from agent_pipelines.store import StateStore, url_for_instance
 

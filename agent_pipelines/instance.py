@@ -26,6 +26,12 @@ run_coordinator:
   config:
     max_concurrent_runs: 25
     dequeue_interval_seconds: 1
+    # Live window runs carry `dagster/priority: 10` and start first; catch-up runs carry -10
+    # and at most one runs at a time, so draining a backlog never starves the live schedule.
+    tag_concurrency_limits:
+      - key: agent_pipelines/catchup
+        value: "true"
+        limit: 1
 # A run whose process died before it started (killed with its machine while STARTING) is
 # failed after start_timeout_seconds, so its due time goes to a rescue or a new catch-up run;
 # a STARTED run that dies is caught sooner by the heartbeats (agent_pipelines/heartbeat.py).
@@ -74,3 +80,15 @@ def ensure_instance(home: Path | None = None, *, use_postgres: bool | None = Non
     if not config.exists() or config.read_text() != wanted:
         config.write_text(wanted)
     return home
+
+
+def write_workspace(home: Path, *, host: str, port: int) -> Path:
+    """A workspace for the webserver and the daemon: the code location served by
+    `dagster code-server start` (one long-lived server instead of one restarted every minute)."""
+    path = home / "workspace.yaml"
+    path.write_text(
+        f"{MANAGED_MARKER}\n"
+        "load_from:\n"
+        f"  - grpc_server: {{host: {host}, port: {port}, location_name: agent_pipelines}}\n"
+    )
+    return path

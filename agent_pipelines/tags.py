@@ -27,8 +27,13 @@ CATCHUP = f"{PREFIX}/catchup"
 RESCUE = f"{PREFIX}/rescue"
 RUN_NOW_ID = f"{PREFIX}/run_now_id"
 LATENESS_MS = f"{PREFIX}/lateness_ms"
+EXECUTIONS = f"{PREFIX}/executions"
+TASKS = f"{PREFIX}/tasks"
+AGENTS = f"{PREFIX}/agents"
 
 SCHEDULED_EXECUTION_TIME = ".dagster/scheduled_execution_time"
+#: The queued run coordinator starts higher priorities first.
+PRIORITY = "dagster/priority"
 #: Dagster's run monitoring fails a run still going after this many seconds.
 MAX_RUNTIME = "dagster/max_runtime"
 ROOT_RUN_ID = "dagster/root_run_id"
@@ -53,3 +58,16 @@ def strict_due(value: dt.datetime) -> str:
 
 def strict_tags(tags: Mapping[str, str]) -> dict[str, str]:
     return {key: strict_value(value) for key, value in tags.items()}
+
+
+def summary(names: list[str], limit: int = 240) -> str:
+    """Names for a run tag, shortened to `a, b, c (+12 more)` when long."""
+    text = ", ".join(names)
+    if len(text) <= limit:
+        return text
+    shown: list[str] = []
+    for name in names:
+        if len(", ".join([*shown, name])) > limit - 16:
+            break
+        shown.append(name)
+    return f"{', '.join(shown)} (+{len(names) - len(shown)} more)"

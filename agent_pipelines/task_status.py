@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import OneShotScheduleSpec, TaskSpec
 from agent_pipelines.store import StateStore
-from agent_pipelines.triggers import Trigger
+from agent_pipelines.scheduling.triggers import Trigger
 
 
 def trigger_text(task: TaskSpec) -> str:

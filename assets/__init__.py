@@ -1,6 +1,15 @@
-"""Dagster assets: catalog tasks and the catalog itself."""
+"""Dagster assets: tasks, agents, batch tasks, prompt history and tuning, the catalog itself."""
 
-from assets.agent_tasks import build_task_group_asset
-from assets.catalog import CATALOG_ASSET_KEY, build_catalog_assets
+from assets.agents import build_agent_definitions
+from assets.batch import build_batch_definitions
+from assets.catalog import build_catalog_definitions
+from assets.prompts import build_prompt_definitions
+from assets.tasks import build_task_definitions
 
-__all__ = ["CATALOG_ASSET_KEY", "build_catalog_assets", "build_task_group_asset"]
+__all__ = [
+    "build_agent_definitions",
+    "build_batch_definitions",
+    "build_catalog_definitions",
+    "build_prompt_definitions",
+    "build_task_definitions",
+]

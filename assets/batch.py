@@ -15,16 +15,17 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from agent_pipelines import event_loop, tags
+from agent_pipelines import tags
 from agent_pipelines.batch.items import shard_keys
 from agent_pipelines.batch.runner import BatchRunner, Node, ShardSummary, file_source, results_source
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
-from agent_pipelines.markdown import table
-from agent_pipelines.triggers import trigger_from_run_tags
-from resources.shard_io_manager import ShardFile, ShardParquetIOManager, write_combined
+from agent_pipelines.metadata import table
+from agent_pipelines.scheduling import event_loop
+from agent_pipelines.scheduling.triggers import Trigger
+from resources.agents import AgentsResource
+from resources.shard_io_manager import SHARD_IO_MANAGER_KEY, ShardFile, ShardParquetIOManager, write_combined
 
-SHARD_IO_MANAGER_KEY = "shard_io_manager"
 
 
 def combined_key(task: str) -> str:
@@ -119,11 +120,12 @@ def build_batch_assets(catalog: Catalog, task: TaskSpec) -> list[dg.AssetsDefini
         name=task.name,
         specs=[spec],
         backfill_policy=dg.BackfillPolicy.single_run(),
-        required_resource_keys={SHARD_IO_MANAGER_KEY},
         op_tags={tags.TASK: task.name},
     )
-    def _run_shards(context: AssetExecutionContext) -> Iterator[dg.MaterializeResult]:
-        io: ShardParquetIOManager = getattr(context.resources, SHARD_IO_MANAGER_KEY)
+    def _run_shards(
+        context: AssetExecutionContext, agents: AgentsResource, shard_io_manager: dg.ResourceParam[ShardParquetIOManager]
+    ) -> Iterator[dg.MaterializeResult]:
+        io = shard_io_manager
         asset_key = dg.AssetKey(task.name)
         keys = list(context.partition_keys)
         all_keys = static_shard_keys(catalog, task) or list(partitions.get_partition_keys(dynamic_partitions_store=context.instance))
@@ -140,8 +142,9 @@ def build_batch_assets(catalog: Catalog, task: TaskSpec) -> list[dg.AssetsDefini
             shard_keys=all_keys,
             source=source_fn,
             open_writer=lambda key: io.open_writer(asset_key, key),
-            trigger_ref=trigger_from_run_tags(context.run.tags, context.run.run_id).ref,
+            trigger_ref=Trigger.manual(context.run.tags.get(tags.ROOT_RUN_ID, context.run.run_id)).ref,
             log=context.log,
+            pool_factory=agents.pool,
         )
         started = time.perf_counter()
         summaries = event_loop.run(runner.run(keys))
@@ -196,9 +199,24 @@ def build_batch_assets(catalog: Catalog, task: TaskSpec) -> list[dg.AssetsDefini
                 "shards": dg.MetadataValue.int(len(shards)),
                 "missing_shards": dg.MetadataValue.json(missing),
                 "rows": dg.MetadataValue.int(rows),
-                "sources": dg.MetadataValue.md(table(["Shard", "Path"], sorted(shards.items()))),
+                "sources": table({"shard": "string", "path": "string"}, [{"shard": k, "path": v} for k, v in sorted(shards.items())]),
             }
         )
         return ShardFile(path=str(target), rows=rows)
 
     return [_run_shards, _combined]
+
+
+def build_batch_definitions(catalog: Catalog) -> dg.Definitions:
+    """Each batch task's shard asset and combined asset, and its backfill job."""
+    assets = [a for task in catalog.batch_tasks.values() for a in build_batch_assets(catalog, task)]
+    jobs = [
+        dg.define_asset_job(
+            f"{name}_batch_job",
+            selection=dg.AssetSelection.assets(name),
+            partitions_def=partitions_for(catalog, task),
+            description=f"Backfill the shards of batch task {name} (one run for all selected shards).",
+        )
+        for name, task in catalog.batch_tasks.items()
+    ]
+    return dg.Definitions(assets=assets, jobs=jobs)

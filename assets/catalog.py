@@ -6,55 +6,59 @@ up in the UI: in the asset's definition metadata at once, and as a failing asset
 """
 
 
+from typing import Any
+
 import dagster as dg
 
 from agent_pipelines.catalog.loader import Catalog
-from agent_pipelines.markdown import table
+from agent_pipelines.metadata import table
+from sensors.catalog_health import CATALOG_HEALTH_JOB
 
 CATALOG_ASSET_KEY = dg.AssetKey("agent_catalog")
 CATALOG_HEALTH_CHECK = "catalog_health"
 
 
-def problems_markdown(catalog: Catalog) -> str:
-    if not catalog.problems:
-        return "No problems: every spec in the catalog loaded."
+def problems_table(catalog: Catalog) -> dg.MetadataValue:
     return table(
-        ["File", "Line", "Spec", "Field", "Problem"],
-        (
-            (p.file, p.line or "", f"{p.kind} {p.name}" if p.name else p.kind, p.field or "", p.message)
+        {"file": "string", "line": "int", "spec": "string", "field": "string", "problem": "string"},
+        [
+            {"file": p.file, "line": p.line, "spec": f"{p.kind} {p.name}" if p.name else p.kind, "field": p.field, "problem": p.message}
             for p in catalog.problems
-        ),
+        ],
     )
 
 
-def tasks_markdown(catalog: Catalog) -> str:
+def tasks_table(catalog: Catalog) -> dg.MetadataValue:
     return table(
-        ["Task", "Agent", "Owner", "Schedule", "Enabled", "Prompt version"],
-        (
-            (
-                t.name,
-                t.agent or f"fleet {t.fleet}",
-                t.owner,
-                t.schedule.describe() if t.schedule else "",
-                "yes" if t.enabled else "no",
-                catalog.prompt_versions[t.name],
-            )
+        {"task": "string", "agent": "string", "owner": "string", "schedule": "string", "enabled": "bool", "prompt_version": "string"},
+        [
+            {
+                "task": t.name,
+                "agent": t.agent or f"fleet {t.fleet}",
+                "owner": t.owner,
+                "schedule": t.schedule.describe() if t.schedule else "",
+                "enabled": t.enabled,
+                "prompt_version": catalog.prompt_versions[t.name],
+            }
             for t in catalog.tasks.values()
-        ),
+        ],
     )
 
 
-def build_catalog_assets(catalog: Catalog) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
+def build_catalog_definitions(catalog: Catalog) -> dg.Definitions:
+    definition_metadata: dict[str, Any] = {
+        "catalog_path": dg.MetadataValue.path(str(catalog.root)),
+        "problem_count": dg.MetadataValue.int(len(catalog.problems)),
+    }
+    if catalog.problems:
+        definition_metadata["problems"] = problems_table(catalog)
+
     @dg.asset(
         key=CATALOG_ASSET_KEY,
         group_name="catalog",
         code_version=catalog.fingerprint(),
         description="The agent and task catalog as loaded by this code location.",
-        metadata={
-            "catalog_path": dg.MetadataValue.path(str(catalog.root)),
-            "problem_count": dg.MetadataValue.int(len(catalog.problems)),
-            "problems": dg.MetadataValue.md(problems_markdown(catalog)),
-        },
+        metadata=definition_metadata,
         kinds={"yaml"},
     )
     def agent_catalog() -> dg.MaterializeResult:
@@ -64,7 +68,7 @@ def build_catalog_assets(catalog: Catalog) -> tuple[dg.AssetsDefinition, dg.Asse
                 "agent_count": dg.MetadataValue.int(len(catalog.agents)),
                 "task_count": dg.MetadataValue.int(len(catalog.tasks)),
                 "problem_count": dg.MetadataValue.int(len(catalog.problems)),
-                "tasks": dg.MetadataValue.md(tasks_markdown(catalog)),
+                "tasks": tasks_table(catalog),
                 "fingerprint": dg.MetadataValue.text(catalog.fingerprint()),
             }
         )
@@ -83,10 +87,12 @@ def build_catalog_assets(catalog: Catalog) -> tuple[dg.AssetsDefinition, dg.Asse
                 if catalog.ok
                 else f"{len(catalog.problems)} problem(s); invalid tasks and their dependents were not loaded."
             ),
-            metadata={
-                "problem_count": dg.MetadataValue.int(len(catalog.problems)),
-                "problems": dg.MetadataValue.md(problems_markdown(catalog)),
-            },
+            metadata={"problem_count": dg.MetadataValue.int(len(catalog.problems)), "problems": problems_table(catalog)},
         )
 
-    return agent_catalog, catalog_health
+    job = dg.define_asset_job(
+        CATALOG_HEALTH_JOB,
+        selection=dg.AssetSelection.assets(CATALOG_ASSET_KEY),
+        description="Materializes the catalog summary and runs the catalog_health check.",
+    )
+    return dg.Definitions(assets=[agent_catalog], asset_checks=[catalog_health], jobs=[job])

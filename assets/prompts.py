@@ -6,27 +6,22 @@ with a readable table in its metadata. `prompt_tuning`: the feedback loop's deci
 run (proposed, promoted, rejected, awaiting approval), recorded with the versions they concern.
 """
 
-import os
-from typing import Any
-
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 from dagster import AssetExecutionContext
 
 from agent_pipelines.catalog.loader import Catalog
-from agent_pipelines.markdown import table
+from agent_pipelines.metadata import table
 from agent_pipelines.prompts.registry import PromptRegistry
-from agent_pipelines.prompts.tuning import Tuner
+from agent_pipelines.prompts.tuning import TUNING_JOB, Tuner
 from agent_pipelines.store import StateStore, schema
-from assets.batch import SHARD_IO_MANAGER_KEY
+from resources.agents import AgentsResource
+from resources.shard_io_manager import SHARD_IO_MANAGER_KEY
+from resources.store import StoreResource
 
 HISTORY_ASSET = "prompt_history"
 TUNING_ASSET = "prompt_tuning"
-TUNING_JOB = "prompt_tuning_job"
-#: Where to ask for a code location reload after a promotion (the webserver), if set.
-WEBSERVER_URL_ENV = "AGENT_PIPELINES_WEBSERVER_URL"
-LOCATION_NAME_ENV = "AGENT_PIPELINES_LOCATION_NAME"
 
 
 def history_frame(catalog: Catalog, store: StateStore) -> pd.DataFrame:
@@ -78,7 +73,7 @@ def history_frame(catalog: Catalog, store: StateStore) -> pd.DataFrame:
     return frame.drop(columns=["tokens_total"]).sort_values(["task", "version"]).reset_index(drop=True)
 
 
-def build_prompt_assets(catalog: Catalog) -> tuple[list[dg.AssetsDefinition], list[Any]]:
+def build_prompt_definitions(catalog: Catalog) -> dg.Definitions:
     """The two assets, the tuning job, its hourly schedule (on when any task is tuned)."""
 
     @dg.asset(
@@ -88,17 +83,11 @@ def build_prompt_assets(catalog: Catalog) -> tuple[list[dg.AssetsDefinition], li
         description="Per task and prompt version: executions, pass rates per check, latency, tokens, cost.",
         kinds={"pandas", "parquet"},
     )
-    def prompt_history(context: AssetExecutionContext) -> pd.DataFrame:
-        frame = history_frame(catalog, StateStore.for_instance(context.instance))
-        shown = frame[["task", "version", "executions", "pass_rate", "latency_p95_ms", "tokens_p95", "cost"]] if not frame.empty else frame
-        context.add_output_metadata(
-            {
-                "versions": dg.MetadataValue.int(len(frame)),
-                "history": dg.MetadataValue.md(
-                    table(list(shown.columns), (tuple(_fmt(v) for v in row) for row in shown.itertuples(index=False)))
-                ),
-            }
-        )
+    def prompt_history(context: AssetExecutionContext, store: StoreResource) -> pd.DataFrame:
+        frame = history_frame(catalog, store.for_instance(context.instance))
+        columns = {"task": "string", "version": "string", "executions": "int", "pass_rate": "float", "latency_p95_ms": "float", "tokens_p95": "float", "cost": "float"}
+        rows = frame[list(columns)].to_dict("records") if not frame.empty else []
+        context.add_output_metadata({"versions": dg.MetadataValue.int(len(frame)), "history": table(columns, rows)})
         return frame
 
     @dg.asset(
@@ -108,19 +97,17 @@ def build_prompt_assets(catalog: Catalog) -> tuple[list[dg.AssetsDefinition], li
         config_schema={"tasks": dg.Field([str], is_required=False, description="limit tuning to these tasks")},
         description="The feedback loop: proposes, canaries, promotes or drops prompt versions.",
     )
-    def prompt_tuning(context: AssetExecutionContext) -> dg.MaterializeResult:
-        store = StateStore.for_instance(context.instance)
-        tuner = Tuner(catalog, PromptRegistry(store), outputs_for=lambda task, keys: outputs_of(context.instance, task, keys))
+    def prompt_tuning(context: AssetExecutionContext, store: StoreResource, agents: AgentsResource) -> dg.MaterializeResult:
+        tuner = Tuner(catalog, PromptRegistry(store.for_instance(context.instance)), pool_factory=agents.pool)
         decisions = tuner.run((context.op_config or {}).get("tasks"))
         for decision in decisions:
             context.log.info(f"{decision.task}: {decision.action} {decision.version or ''} {decision.details}")
         promoted = [d for d in decisions if d.action == "promoted"]
-        if promoted:
-            context.log.info(reload_code_location())
         return dg.MaterializeResult(
             metadata={
-                "decisions": dg.MetadataValue.md(
-                    table(["Task", "Action", "Version", "Details"], ((d.task, d.action, d.version or "", _short(d.details)) for d in decisions))
+                "decisions": table(
+                    {"task": "string", "action": "string", "version": "string", "details": "string"},
+                    [{"task": d.task, "action": d.action, "version": d.version, "details": _short(d.details)} for d in decisions],
                 ),
                 "promoted": dg.MetadataValue.json([d.task for d in promoted]),
                 "proposed": dg.MetadataValue.json([d.task for d in decisions if d.action == "proposed"]),
@@ -136,45 +123,7 @@ def build_prompt_assets(catalog: Catalog) -> tuple[list[dg.AssetsDefinition], li
         default_status=dg.DefaultScheduleStatus.RUNNING if tuned else dg.DefaultScheduleStatus.STOPPED,
         description="Hourly pass over every tuned task (the prompt_quality_sensor reacts sooner).",
     )
-    return [prompt_history, prompt_tuning], [job, schedule]
-
-
-def outputs_of(instance: dg.DagsterInstance, task: str, keys: list[str]) -> dict[str, str]:
-    """Outputs of given executions, from the task's materializations."""
-    wanted = set(keys)
-    found: dict[str, str] = {}
-    for record in instance.fetch_materializations(dg.AssetKey(task), limit=500).records:
-        metadata = record.asset_materialization.metadata
-        key = metadata.get("idempotency_key")
-        if key is not None and key.value in wanted and "output" in metadata:
-            found[key.value] = str(metadata["output"].value)
-    return found
-
-
-def reload_code_location() -> str:
-    """Ask the webserver to reload the code location so the promoted version becomes the asset's
-    code version; without a webserver address, it applies at the next reload."""
-    url = os.environ.get(WEBSERVER_URL_ENV)
-    if not url:
-        return "promoted: applies at the next code location reload (dagster dev reloads within a minute)"
-    from urllib.parse import urlparse
-
-    from dagster_graphql import DagsterGraphQLClient
-
-    parsed = urlparse(url)
-    client = DagsterGraphQLClient(parsed.hostname or "127.0.0.1", port_number=parsed.port or 80)
-    location = os.environ.get(LOCATION_NAME_ENV, "agent_pipelines.definitions")
-    try:
-        status = client.reload_repository_location(location)
-    except Exception as exc:  # noqa: BLE001 - reloading is best effort; the next reload applies it anyway
-        return f"promoted; reloading {location} at {url} failed ({exc!r}): it applies at the next reload"
-    return f"promoted; reloaded code location {location}: {status.status}"
-
-
-def _fmt(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if pd.isna(value) else round(value, 3)
-    return value
+    return dg.Definitions(assets=[prompt_history, prompt_tuning], jobs=[job], schedules=[schedule])
 
 
 def _short(details: dict) -> str:

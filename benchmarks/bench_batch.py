@@ -143,7 +143,7 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 import dagster as dg
 from agent_pipelines.catalog.loader import load_catalog
-from agent_pipelines.factory import build_definitions
+from agent_pipelines.composition import build_definitions
 defs = build_definitions(load_catalog())
 job = defs.resolve_job_def("bench_batch_batch_job")
 keys = defs.resolve_assets_def("bench_batch").partitions_def.get_partition_keys()

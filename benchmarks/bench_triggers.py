@@ -431,7 +431,7 @@ def bench_scale(storage: str, count: int, baseline_count: int, idle_s: float) ->
         (catalog / "agents.yaml").write_text(agents(8).replace("AGENT_URL", "http://127.0.0.1:9"))
         (catalog / "tasks.yaml").write_text(scale_catalog(count))
         ours = _load_seconds(
-            "from agent_pipelines.catalog.loader import load_catalog\nfrom agent_pipelines.factory import build_definitions\n"
+            "from agent_pipelines.catalog.loader import load_catalog\nfrom agent_pipelines.composition import build_definitions\n"
             "defs = build_definitions(load_catalog())", [], {"AGENT_PIPELINES_CATALOG": str(catalog)}
         )
     plain = _load_seconds(PLAIN_BUILD, [str(baseline_count)], {})

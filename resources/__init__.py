@@ -1,6 +1,7 @@
-"""Dagster resources: agent clients and agent_pipelines' own storage."""
+"""Dagster resources: the agents, agent_pipelines' own store, and the batch results IO manager."""
 
-from resources.agent_resource import AgentConnection, AgentResource, agent_resource_key
-from resources.state_store import StateStoreResource
+from resources.agents import AGENTS_KEY, AgentsResource
+from resources.shard_io_manager import ShardParquetIOManager
+from resources.store import STORE_KEY, StoreResource
 
-__all__ = ["AgentConnection", "AgentResource", "StateStoreResource", "agent_resource_key"]
+__all__ = ["AGENTS_KEY", "STORE_KEY", "AgentsResource", "ShardParquetIOManager", "StoreResource"]

@@ -49,6 +49,8 @@ _REQUIRED_COLUMNS = frozenset(f.name for f in RESULT_SCHEMA if not f.nullable) -
 UNPARTITIONED_FILE = "all.parquet"
 _MAX_FILE_STEM = 150
 
+SHARD_IO_MANAGER_KEY = "shard_io_manager"
+
 
 @dataclass(frozen=True)
 class ShardFile:

@@ -1,29 +1,19 @@
-"""agent_pipelines' own tables as a Dagster resource, located from the Dagster instance."""
+"""agent_pipelines' own tables as a Dagster resource: the one place their URL is decided."""
 
 from __future__ import annotations
 
 import dagster as dg
-from pydantic import PrivateAttr
 
 from agent_pipelines.store import StateStore, url_for_instance
 
+STORE_KEY = "store"
 
-class StateStoreResource(dg.ConfigurableResource):
-    """Leave `url` empty to keep the tables beside the instance's own storage."""
+
+class StoreResource(dg.ConfigurableResource):
+    """Leave `url` empty to keep the tables beside the instance's own storage (its PostgreSQL
+    database, or `agent_pipelines.db` in DAGSTER_HOME)."""
 
     url: str | None = None
-    _store: StateStore | None = PrivateAttr(default=None)
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        url = self.url
-        if not url:
-            if context.instance is None:
-                raise dg.DagsterInvariantViolationError("the state store needs a Dagster instance")
-            url = url_for_instance(context.instance)
-        self._store = StateStore.for_url(url)
-
-    @property
-    def store(self) -> StateStore:
-        if self._store is None:
-            raise dg.DagsterInvariantViolationError("StateStoreResource used outside a run")
-        return self._store
+    def for_instance(self, instance: dg.DagsterInstance) -> StateStore:
+        return StateStore.for_url(self.url or url_for_instance(instance))

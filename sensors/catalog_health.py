@@ -1,15 +1,18 @@
 """Runs the `catalog_health` check once for every catalog version the code location loads."""
 
 
+from typing import Any
+
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from agent_pipelines.catalog.loader import Catalog
+from agent_pipelines.prompts.registry import PromptRegistry
+from resources.store import StoreResource
 
 CATALOG_HEALTH_JOB = "catalog_health_job"
 
 
-def build_catalog_health_sensor(catalog: Catalog, job: UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+def build_catalog_health_sensor(catalog: Catalog, job: Any) -> dg.SensorDefinition:
     fingerprint = catalog.fingerprint()
 
     @dg.sensor(
@@ -19,19 +22,13 @@ def build_catalog_health_sensor(catalog: Catalog, job: UnresolvedAssetJobDefinit
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Checks the loaded catalog whenever it changes (run key = catalog fingerprint).",
     )
-    def catalog_health_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def catalog_health_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
         if context.cursor == fingerprint:
             return dg.SensorResult(skip_reason="catalog unchanged since the last check")
         # Every catalog change registers the new prompt versions (the prompt registry's history).
-        from agent_pipelines.prompts.registry import PromptRegistry
-        from agent_pipelines.store import StateStore
-
-        changed = PromptRegistry(StateStore.for_instance(context.instance)).sync_catalog(catalog)
+        changed = PromptRegistry(store.for_instance(context.instance)).sync_catalog(catalog)
         if changed:
             context.log.info(f"registered catalog prompts of {len(changed)} task(s)")
-        return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"catalog-{fingerprint}")],
-            cursor=fingerprint,
-        )
+        return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"catalog-{fingerprint}")], cursor=fingerprint)
 
     return catalog_health_sensor

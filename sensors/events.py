@@ -1,12 +1,11 @@
 """`event_trigger_sensor`: every accepted event reaches the tasks that subscribe to it.
 
-Window runs pick fresh events up within a fraction of a second (see `agent_pipelines.dispatcher`);
-this sensor is the safety net that makes delivery certain: events older than
-`SAFETY_NET_DELAY_S` whose subscribers hold no claim yet get a run with run key = event id.
-The cursor is the last event `seq` handled; claims keep fast path and safety net exactly once.
+Window runs pick fresh events up within a few tens of milliseconds; this sensor is the safety
+net that makes delivery certain: events older than `EVENT_SAFETY_NET_S` whose subscribers hold
+no claim yet get an event run (run key = the event id). The cursor is the last event `seq`
+handled; claims keep fast path and safety net exactly once.
 """
 
-from __future__ import annotations
 
 import datetime as dt
 
@@ -14,42 +13,47 @@ import dagster as dg
 
 from agent_pipelines import tags
 from agent_pipelines.catalog.loader import Catalog
-from agent_pipelines.events import subscribers
+from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
+from agent_pipelines.scheduling.planning import listener_tasks
+from agent_pipelines.scheduling.subscriptions import subscribers
+from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.store import StateStore
-from agent_pipelines.triggers import Trigger
+from jobs.dispatch import EVENT_JOB, EVENT_SAFETY_NET_S
+from resources.store import StoreResource
 
 SENSOR_NAME = "event_trigger_sensor"
-SAFETY_NET_DELAY_S = 10.0
 
 
 def event_run_requests(catalog: Catalog, store: StateStore, seq: int, now: dt.datetime) -> tuple[list[dg.RunRequest], int]:
     paused = store.paused_tasks()
-    tasks = [t for t in catalog.tasks.values() if t.events and t.name not in paused]
+    tasks = [t for t in listener_tasks(catalog) if t.name not in paused]
     requests: list[dg.RunRequest] = []
     for event in store.events_after(seq, limit=500):
-        if (now - event.received_at).total_seconds() < SAFETY_NET_DELAY_S:
+        if (now - event.received_at).total_seconds() < EVENT_SAFETY_NET_S:
             break
         seq = event.seq
         matched = subscribers(tasks, event)
-        trigger = Trigger("event", event.event_id)
+        trigger = Trigger.for_event(event.event_id)
         held = store.statuses([trigger.idempotency_key(t.name) for t in matched])
-        pending = [t for t in matched if trigger.idempotency_key(t.name) not in held]
+        pending = [t.name for t in matched if trigger.idempotency_key(t.name) not in held]
         if pending:
             requests.append(
                 dg.RunRequest(
                     run_key=event.event_id,
-                    asset_selection=[dg.AssetKey(t.name) for t in pending],
+                    job_name=EVENT_JOB,
+                    run_config={"ops": {"handle_events": {"config": {"event_ids": [event.event_id]}}}},
                     tags={
-                        tags.EVENT_ID: event.event_id,
+                        tags.EVENT_ID: event.event_id[:255],
                         tags.TRIGGER: "event",
-                        **({tags.TASK: pending[0].name} if len(pending) == 1 else {}),
+                        tags.TASKS: tags.summary(pending),
+                        **({tags.TASK: pending[0]} if len(pending) == 1 else {}),
                     },
                 )
             )
     return requests, seq
 
 
-def build_event_sensor(catalog: Catalog, job: object) -> dg.SensorDefinition:
+def build_event_sensor(catalog: Catalog, job: dg.JobDefinition) -> dg.SensorDefinition:
     @dg.sensor(
         name=SENSOR_NAME,
         job=job,
@@ -57,11 +61,8 @@ def build_event_sensor(catalog: Catalog, job: object) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Runs the subscribers of events that no window run has picked up (run key = event id).",
     )
-    def event_trigger_sensor(context) -> dg.SensorResult:  # noqa: ANN001 - Dagster inspects the name
-        store = StateStore.for_instance(context.instance)
-        requests, seq = event_run_requests(
-            catalog, store, int(context.cursor or 0), dt.datetime.now(dt.timezone.utc)
-        )
+    def event_trigger_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
+        requests, seq = event_run_requests(catalog, store.for_instance(context.instance), int(context.cursor or 0), SYSTEM_CLOCK.now())
         return dg.SensorResult(run_requests=requests, cursor=str(seq))
 
     return event_trigger_sensor

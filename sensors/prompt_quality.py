@@ -5,15 +5,16 @@ its threshold, or when its candidate has enough evaluated executions. The run ke
 and its newest evaluation, so a task is looked at once per new evidence, not once per tick.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 import sqlalchemy as sa
 
 from agent_pipelines.catalog.loader import Catalog
+from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.registry import PromptRegistry
-from agent_pipelines.prompts.tuning import pass_rate
-from agent_pipelines.store import StateStore, schema
+from agent_pipelines.prompts.tuning import TUNING_JOB, pass_rate
+from agent_pipelines.store import schema
+from resources.store import StoreResource
 
 SENSOR_NAME = "prompt_quality_sensor"
 
@@ -21,6 +22,8 @@ SENSOR_NAME = "prompt_quality_sensor"
 def tuning_requests(catalog: Catalog, registry: PromptRegistry) -> list[dg.RunRequest]:
     requests = []
     table = schema.evaluations
+    tuned = [name for name, task in catalog.regular_tasks.items() if task.tuning is not None]
+    chooser = PromptChooser(catalog, registry, tuned)
     for name, task in catalog.regular_tasks.items():
         tuning = task.tuning
         if tuning is None:
@@ -31,7 +34,7 @@ def tuning_requests(catalog: Catalog, registry: PromptRegistry) -> list[dg.RunRe
             continue
         stats = registry.executions_by_version(name, limit=max(tuning.window, tuning.min_runs) * 10)
         candidate = registry.candidate(name)
-        active_runs = stats.get(catalog.prompt_versions[name], [])[: tuning.window]
+        active_runs = stats.get(chooser.version_of(name), [])[: tuning.window]
         rate = pass_rate(active_runs)
         needs = (candidate is not None and len(stats.get(candidate.version, [])) >= tuning.min_runs) or (
             candidate is None and rate is not None and len(active_runs) >= min(tuning.min_runs, tuning.window) and rate < tuning.min_pass_rate
@@ -47,19 +50,19 @@ def tuning_requests(catalog: Catalog, registry: PromptRegistry) -> list[dg.RunRe
     return requests
 
 
-def build_prompt_quality_sensor(catalog: Catalog, job: object) -> dg.SensorDefinition | None:
+def build_prompt_quality_sensor(catalog: Catalog) -> dg.SensorDefinition | None:
     if not any(t.tuning is not None for t in catalog.regular_tasks.values()):
         return None
 
     @dg.sensor(
         name=SENSOR_NAME,
-        job=job,
+        job_name=TUNING_JOB,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Starts prompt tuning for a task whose pass rate fell below its threshold, or whose candidate has enough runs.",
     )
-    def prompt_quality_sensor(context) -> dg.SensorResult:  # noqa: ANN001 - Dagster inspects the name
-        registry = PromptRegistry(StateStore.for_instance(context.instance))
+    def prompt_quality_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
+        registry = PromptRegistry(store.for_instance(context.instance))
         return dg.SensorResult(run_requests=tuning_requests(catalog, registry))
 
     return prompt_quality_sensor

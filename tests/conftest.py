@@ -129,3 +129,10 @@ def dagster_home(tmp_path: Path, storage: str, request: pytest.FixtureRequest, m
     (home / "dagster.yaml").write_text(instance_yaml(use_postgres))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
+
+
+def sensor_context(instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorEvaluationContext:
+    """A sensor context with the project's resources, as the daemon provides them."""
+    from resources import StoreResource
+
+    return dg.build_sensor_context(instance=instance, cursor=cursor, resources={"store": StoreResource()})

@@ -21,7 +21,7 @@ from agent_pipelines.demo_agent import (
     compose_answer,
     run_in_thread,
 )
-from resources.agents import (
+from agent_pipelines.agents import (
     AGENT_CLIENTS,
     KIND_DEFAULTS,
     AgentCallError,
@@ -33,9 +33,9 @@ from resources.agents import (
     SessionState,
     create_client,
 )
-from resources.agents.dify import DifyClient
-from resources.agents.http_agent import HttpAgentClient
-from resources.agents.openai_chat import HermesClient, OpenAIChatClient, OpenClawClient
+from agent_pipelines.agents.dify import DifyClient
+from agent_pipelines.agents.http_agent import HttpAgentClient
+from agent_pipelines.agents.openai_chat import HermesClient, OpenAIChatClient, OpenClawClient
 
 TOKEN = "s3cret"
 PROMPT = "Summarise the quarterly report\nwith all the details"
@@ -356,9 +356,9 @@ def test_connection_refused_is_retryable(case_name: str) -> None:
 
 
 @pytest.mark.parametrize("case_name", list(CASES))
-def test_wrong_token_is_a_client_error(agent: RunningDemoAgent, case_name: str) -> None:
+def test_wrong_token_is_an_auth_error(agent: RunningDemoAgent, case_name: str) -> None:
     error = fail(settings_for(case_name, agent.url, auth_token="wrong"))
-    assert error.kind is FailureKind.CLIENT_ERROR
+    assert error.kind is FailureKind.AUTH
     assert error.status_code == 401
     assert not error.is_retryable(idempotent=True)
     assert agent.state.executions_total == 0
@@ -384,18 +384,16 @@ def test_openclaw_task_mode_keeps_one_session_key(agent: RunningDemoAgent) -> No
         assert sent.body["user"] == SESSION_KEY
 
 
-def test_openclaw_isolated_mode_starts_a_new_session_each_time(agent: RunningDemoAgent) -> None:
+def test_openclaw_isolated_mode_sends_a_fresh_explicit_key_each_time(agent: RunningDemoAgent) -> None:
     first, second = run_calls(
         settings_for("openclaw", agent.url),
         make_request("a", mode="isolated"),
         make_request("b", mode="isolated"),
     )
     assert isinstance(first, AgentResponse) and isinstance(second, AgentResponse)
-    assert (first.session_id, second.session_id) == (None, None)
+    assert (first.session_id, second.session_id) == ("isolated:a", "isolated:b")
     assert (turn_of(first), turn_of(second)) == (1, 1)
-    for sent in agent.requests():
-        assert "x-openclaw-session-key" not in sent.headers
-        assert "user" not in sent.body
+    assert sorted(sent.headers["x-openclaw-session-key"] for sent in agent.requests()) == ["isolated:a", "isolated:b"]
 
 
 def test_openclaw_model_defaults_to_the_agent_id(agent: RunningDemoAgent) -> None:
@@ -409,25 +407,39 @@ def test_openclaw_model_defaults_to_the_agent_id(agent: RunningDemoAgent) -> Non
     )
 
 
-def test_hermes_round_trips_the_session_id(agent: RunningDemoAgent) -> None:
+def test_hermes_task_session_uses_the_id_we_choose(agent: RunningDemoAgent) -> None:
     settings = settings_for("hermes", agent.url)
     first = call(settings, make_request("a"))
-    assert first.session_id
-    second = call(settings, make_request("b", remote_id=first.session_id))
-    assert second.session_id == first.session_id
+    second = call(settings, make_request("b"))
+    assert first.session_id == second.session_id == SESSION_KEY
     assert (turn_of(first), turn_of(second)) == (1, 2)
-    sent_first, sent_second = agent.requests()
-    assert "x-hermes-session-id" not in sent_first.headers
-    assert sent_second.headers["x-hermes-session-id"] == first.session_id
+    assert [sent.headers["x-hermes-session-id"] for sent in agent.requests()] == [SESSION_KEY, SESSION_KEY]
 
 
-def test_hermes_isolated_mode_never_sends_the_session_id(agent: RunningDemoAgent) -> None:
-    response = call(
-        settings_for("hermes", agent.url), make_request(mode="isolated", remote_id="old")
-    )
-    (sent,) = agent.requests()
-    assert "x-hermes-session-id" not in sent.headers
-    assert response.session_id and response.session_id != "old"
+def test_hermes_isolated_mode_sends_a_fresh_explicit_id(agent: RunningDemoAgent) -> None:
+    """Without an id Hermes derives one from the prompt: a repeated prompt would not be fresh."""
+    settings = settings_for("hermes", agent.url)
+    first = call(settings, make_request("a", mode="isolated", remote_id="old"))
+    second = call(settings, make_request("b", mode="isolated"))
+    assert [sent.headers["x-hermes-session-id"] for sent in agent.requests()] == ["isolated:a", "isolated:b"]
+    assert (turn_of(first), turn_of(second)) == (1, 1)
+
+
+def test_hermes_turn_failed_inside_a_200_answer_is_a_server_error(agent: RunningDemoAgent) -> None:
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "HTTP 400: model refused"}, "finish_reason": "error"}],
+        "hermes": {"completed": False, "partial": False, "failed": True, "error": "HTTP 400: model refused", "error_code": "agent_error"},
+    }
+    agent.push_faults([{"status": 200, "body": body, "headers": {"X-Hermes-Completed": "false"}}])
+    error = fail(settings_for("hermes", agent.url))
+    assert error.kind is FailureKind.SERVER_ERROR and "model refused" in error.message
+    assert error.is_retryable(idempotent=False)
+    partial = {**body, "hermes": {**body["hermes"], "partial": True}}
+    agent.push_faults([{"status": 200, "body": partial}])
+    error = fail(settings_for("hermes", agent.url))
+    assert error.outcome_unknown, "tools may have run: not safe to send again"
 
 
 def test_hermes_failed_turn_carries_the_details(agent: RunningDemoAgent) -> None:
@@ -497,10 +509,11 @@ def test_stateful_chat_kinds_do_not_replay_history(agent: RunningDemoAgent, case
     assert sent.body["messages"] == EXPECTED_MESSAGES
 
 
-def test_openai_chat_isolated_sends_no_user(agent: RunningDemoAgent) -> None:
-    call(settings_for("openai_chat", agent.url), make_request(mode="isolated", system=None))
+def test_openai_chat_isolated_replays_nothing(agent: RunningDemoAgent) -> None:
+    history = (ChatMessage("user", "old"), ChatMessage("assistant", "older"))
+    call(settings_for("openai_chat", agent.url), make_request("k", mode="isolated", system=None, history=history))
     (sent,) = agent.requests()
-    assert "user" not in sent.body
+    assert sent.body["user"] == "isolated:k"
     assert sent.body["messages"] == [{"role": "user", "content": PROMPT}]
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.demo_agent import DemoAgentConfig, RunningDemoAgent, run_in_thread
-from agent_pipelines.factory import build_definitions
+from agent_pipelines.composition import build_definitions
 from tests.conftest import TEST_TOKEN
 
 ITEMS = 2000

@@ -349,12 +349,13 @@ def test_concurrent_requests_overlap() -> None:
                 )
             return [r.status_code for r in responses]
 
-        started = time.perf_counter()
         codes = asyncio.run(main())
-        elapsed = time.perf_counter() - started
         assert codes == [200] * 200
-        assert elapsed < 2.5, f"200 requests of 50 ms took {elapsed:.2f}s: they did not overlap"
         assert agent.state.executions_total == 200
+        # Overlap, not speed: some request arrived before an earlier one could have been
+        # answered (each takes 50 ms), so the server was working on several at once.
+        arrivals = sorted(r.received_at for r in agent.requests())
+        assert any(later - earlier < 0.05 for earlier, later in zip(arrivals, arrivals[10:]))
 
 
 def test_run_in_thread_picks_free_ports_and_stops() -> None:

@@ -115,7 +115,7 @@ def test_failed_task_run_is_recorded_as_failed(tmp_path, demo_agent, dagster_hom
         demo_agent.url,
         "tasks:\n  - {name: flaky, owner: ops, agent: demo, prompt: hi, retries: {count: 0}}\n",
     )
-    demo_agent.push_faults([{"status": 401, "body": {"error": "bad token"}}])
+    demo_agent.push_faults([{"status": 400, "body": {"error": "bad request"}}])
     result = _dagster(
         "job", "execute", "-m", "agent_pipelines.definitions", "-j", "agent_tasks_job",
         home=dagster_home, catalog=catalog,
@@ -127,4 +127,4 @@ def test_failed_task_run_is_recorded_as_failed(tmp_path, demo_agent, dagster_hom
         failures = [
             e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
         ]
-        assert "client_error (HTTP 401)" in failures[0].dagster_event.event_specific_data.error.message
+        assert "client_error (HTTP 400)" in failures[0].dagster_event.event_specific_data.error.message

@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 
 from agent_pipelines.catalog.loader import load_catalog
-from agent_pipelines.factory import build_definitions
-from agent_pipelines.prompts.effective import apply_active_versions
+from agent_pipelines.composition import build_definitions
+from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.registry import PromptRegistry, RegistryError
 from agent_pipelines.prompts.tuning import Tuner, pass_rate
 from agent_pipelines.store import StateStore
@@ -50,7 +50,8 @@ EXTRA_AGENTS = """\
 
 
 class Loop:
-    """The platform as the code location would load it: catalog + registry."""
+    """The platform as the code location loads it (the catalog only); registry versions apply
+    when each run starts."""
 
     def __init__(self, tmp_path: Path, demo_agent, instance: dg.DagsterInstance, approval: str = "auto") -> None:
         self.path = write_catalog(
@@ -62,9 +63,18 @@ class Loop:
         self.registry.sync_catalog(self.catalog)
 
     def reload(self) -> None:
-        """What a code location reload does: the catalog with the active versions applied."""
-        self.catalog = apply_active_versions(load_catalog(self.path), self.registry)
+        """What a code location reload does (only needed after a catalog edit)."""
+        self.catalog = load_catalog(self.path)
         self.defs = build_definitions(self.catalog)
+
+    def running_version(self) -> str:
+        """The version a run starting now uses for non-canary executions."""
+        return PromptChooser(self.catalog, self.registry, ["standup"]).version_of("standup")
+
+    def last_prompt(self, demo_agent) -> str:
+        """The task's last prompt (the judge's and the tuner's requests go to other models)."""
+        task_requests = [r for r in demo_agent.requests() if r.body.get("model") == "demo-model"]
+        return task_requests[-1].body["messages"][-1]["content"]
 
     def run_task(self) -> dg.AssetMaterialization:
         result = self.defs.resolve_job_def("agent_tasks_job").execute_in_process(
@@ -82,7 +92,7 @@ class Loop:
 
     def active_pass_rate(self) -> float | None:
         stats = self.registry.executions_by_version("standup", limit=100)
-        return pass_rate(stats.get(self.catalog.prompt_versions["standup"], [])[:4])
+        return pass_rate(stats.get(self.running_version(), [])[:4])
 
 
 def test_the_loop_takes_a_failing_prompt_to_a_passing_one(tmp_path, demo_agent, instance) -> None:
@@ -120,12 +130,13 @@ def test_the_loop_takes_a_failing_prompt_to_a_passing_one(tmp_path, demo_agent, 
     assert decisions["promoted"].value == ["standup"]
     assert loop.registry.active("standup").version == candidate.version
 
-    loop.reload()  # the code location reloads: the promoted version is the code version now
-    assert loop.catalog.prompt_versions["standup"] == candidate.version
-    assert loop.defs.resolve_asset_graph().get(dg.AssetKey("standup")).code_version == candidate.version
+    # No reload: the next run starts with the promoted version and says so in its records.
+    assert loop.running_version() == candidate.version
     for _ in range(4):
         materialization = loop.run_task()
-        assert materialization.tags["dagster/code_version"] == candidate.version
+        assert materialization.metadata["prompt_version"].value == candidate.version
+        assert materialization.tags["dagster/code_version"] == v1, "the definition's version: never stale"
+    assert "Answer in JSON" in loop.last_prompt(demo_agent)
     assert loop.active_pass_rate() == 1.0
 
     history = history_frame(loop.catalog, loop.registry.store).set_index("version")
@@ -136,9 +147,9 @@ def test_the_loop_takes_a_failing_prompt_to_a_passing_one(tmp_path, demo_agent, 
 
     rolled_back = loop.registry.rollback("standup")
     assert rolled_back.version == v1 and loop.registry.get("standup", candidate.version).status == "retired"
-    loop.reload()
-    assert loop.catalog.prompt_versions["standup"] == v1
-    assert "Answer in JSON" not in loop.catalog.tasks["standup"].prompt
+    assert loop.running_version() == v1
+    loop.run_task()
+    assert "Answer in JSON" not in loop.last_prompt(demo_agent)
     assert ("rollback", v1) in [(e.action, e.version) for e in loop.registry.events("standup")]
 
 
@@ -151,7 +162,6 @@ def test_a_candidate_failing_a_must_pass_check_is_never_promoted(tmp_path, demo_
         "standup", version="bad-1", prompt="Summarise {{ team }} in prose.", system=None,
         parameters={}, reason="manual", base_version=base, parent_version=base, status="candidate",
     )
-    loop.reload()
     for _ in range(40):
         loop.run_task()
         if len(loop.registry.executions_by_version("standup", 100).get(bad.version, [])) >= 3:
@@ -206,12 +216,13 @@ def test_a_catalog_edit_wins_over_a_tuned_version(tmp_path, demo_agent, instance
         "standup", version="tuned", prompt="Tuned {{ team }}. JSON please.", system=None, parameters={},
         reason="tuner", base_version=base, parent_version=base, status="active",
     )
-    loop.reload()
-    assert loop.catalog.tasks["standup"].prompt == "Tuned {{ team }}. JSON please."
+    loop.run_task()
+    assert loop.last_prompt(demo_agent) == "Tuned platform. JSON please."
     tasks = (loop.path / "tasks.yaml").read_text().replace("Summarise the stand-up", "Recap the stand-up")
     (loop.path / "tasks.yaml").write_text(tasks)
     loop.reload()
-    assert loop.catalog.tasks["standup"].prompt.startswith("Recap the stand-up")
+    loop.run_task()
+    assert loop.last_prompt(demo_agent).startswith("Recap the stand-up")
     assert loop.registry.sync_catalog(loop.catalog) == ["standup"]
     active = loop.registry.active("standup")
     assert active.reason == "catalog" and active.parent_version == "tuned"
@@ -229,7 +240,7 @@ def test_checks_are_asset_checks_of_the_task(tmp_path, demo_agent, instance) -> 
     loop = Loop(tmp_path, demo_agent, instance)
     graph = loop.defs.resolve_asset_graph()
     checks = {key.name for key in graph.asset_check_keys if key.asset_key == dg.AssetKey("standup")}
-    assert checks == {"json_schema", "must_not_match", "judge"}
+    assert checks == {"succeeded", "json_schema", "must_not_match", "judge"}
     loop.run_task()
     judge = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(dg.AssetKey("standup"), "judge"))
     evaluation = judge.event.asset_check_evaluation

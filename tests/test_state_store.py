@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from agent_pipelines.heartbeat import RunHeartbeat
-from agent_pipelines.store import Claim, StateStore, sqlalchemy_url
-from agent_pipelines.store.store import INTERRUPTED
+import datetime as dt
+
+from agent_pipelines.scheduling.heartbeat import RunHeartbeat
+from agent_pipelines.store import Claim, ResultRecord, Settlement, StateStore, sqlalchemy_url, status
+from agent_pipelines.store.base import utcnow
 from agent_pipelines.store.migrate import head_revision
 from agent_pipelines.store.schema import VERSION_TABLE
 
@@ -43,21 +45,34 @@ def test_concurrent_first_start_migrates_once(store_url: str) -> None:
         engine.dispose()
 
 
-def test_execution_attempts_and_outcomes(store_url: str) -> None:
+def _claim(key: str, run_id: str, **extra) -> Claim:
+    return Claim(key, "t", "a", run_id, "schedule", None, "v", **extra)
+
+
+def test_an_execution_goes_claimed_sending_settled(store_url: str) -> None:
     store = StateStore(store_url)
-    args = dict(idempotency_key="k1", task="t", agent="a", run_id="r1", trigger="manual", due_time=None, prompt_version="v")
-    assert store.begin_attempt(**args) == 1
-    store.finish_attempt("k1", succeeded=False, outcome="unknown", failure_kind="timeout", error="slow")
-    assert store.begin_attempt(**{**args, "run_id": "r2"}) == 2
-    store.finish_attempt("k1", succeeded=True, outcome="ok", latency_ms=12.5)
+    now = utcnow()
+    assert store.claim([_claim("k1", "r1")]) == {"k1"}
+    assert store.claim([_claim("k1", "r2")]) == set(), "one claim per key"
+    assert store.start_attempts(["k1"], "r2", now) == {}, "only the holder may send"
+    assert store.start_attempts(["k1"], "r1", now) == {"k1": 1}
+    store.settle([Settlement("k1", "t", status.RETRYING, "r1", failure_kind="server_error", error="503", next_attempt_at=now)])
+    assert store.start_attempts(["k1"], "r1", now) == {"k1": 2}
+    result = ResultRecord(prompt="p", output="the answer", model="m", session_id="s", tokens_in=3, tokens_out=2)
+    store.settle([Settlement("k1", "t", status.SUCCEEDED, "r1", outcome="ok", latency_ms=12.5, sent_at=now, lateness_ms=1.5, result=result)])
     execution = store.get_execution("k1")
-    assert (execution.status, execution.outcome, execution.attempts, execution.run_id) == ("succeeded", "ok", 2, "r2")
-    assert [e.idempotency_key for e in store.executions_for_run("r2")] == ["k1"]
-    assert store.executions_for_run("r1") == []
+    assert (execution.status, execution.outcome, execution.attempts, execution.run_id) == ("succeeded", "ok", 2, "r1")
+    assert execution.lateness_ms == 1.5 and execution.latency_ms == 12.5
+    assert store.results(["k1"])["k1"].output == "the answer"
+    assert store.latest_success("t").idempotency_key == "k1"
+    assert store.latest_success("t", run_id="other") is None
+    assert [e.idempotency_key for e in store.unpublished(utcnow() + dt.timedelta(seconds=1))] == ["k1"]
+    store.mark_published(["k1"], now)
+    assert store.unpublished(utcnow() + dt.timedelta(seconds=1)) == []
     store.engine.dispose()
 
 
-def test_heartbeats_and_what_a_dead_run_leaves(store_url: str) -> None:
+def test_heartbeats_and_what_an_ended_run_leaves(store_url: str) -> None:
     store = StateStore(store_url)
     with RunHeartbeat(store, "r-alive", every_s=0.05):
         first = store.last_beats(["r-alive"])["r-alive"]
@@ -66,31 +81,92 @@ def test_heartbeats_and_what_a_dead_run_leaves(store_url: str) -> None:
         assert "r-other" not in store.last_beats(["r-alive", "r-other"])
     assert store.last_beats(["r-alive"]) == {}, "a run that ends cleanly leaves no heartbeat behind"
 
-    args = dict(task="t", agent="a", trigger="schedule", due_time=None, prompt_version="v")
-    store.begin_attempt(idempotency_key="in-flight", run_id="r-dead", **args)
-    store.begin_attempt(idempotency_key="done", run_id="r-dead", **args)
-    store.finish_attempt("done", succeeded=True, outcome="ok")
-    store.claim([Claim("unsent", "t", "a", "r-dead", "schedule", None, "v", status="claimed")])
-    store.claim([Claim("elsewhere", "t", "a", "r-alive", "schedule", None, "v", status="claimed")])
-    held = {e.idempotency_key: e for e in store.release_dead_run("r-dead", catchup=True)}
-    assert sorted(held) == ["in-flight", "unsent"]
-    assert (held["in-flight"].status, held["in-flight"].outcome, held["in-flight"].failure_kind) == ("failed", "unknown", INTERRUPTED)
-    assert (held["unsent"].status, held["unsent"].run_id) == ("catchup", ""), "a catch-up it took goes back"
+    now = utcnow()
+    store.claim([_claim(key, "r-dead") for key in ("in-flight", "done", "unsent", "waiting")] + [_claim("elsewhere", "r-alive")])
+    store.start_attempts(["in-flight", "done", "waiting"], "r-dead", now)
+    store.settle([Settlement("done", "t", status.SUCCEEDED, "r-dead", outcome="ok")])
+    store.settle([Settlement("waiting", "t", status.RETRYING, "r-dead", next_attempt_at=now)])
+    assert store.held_by_runs() == {"r-dead": 3, "r-alive": 1}
+    held = {e.idempotency_key: e for e in store.release_run("r-dead", "its run was killed")}
+    assert sorted(held) == ["in-flight", "unsent", "waiting"]
+    assert (held["in-flight"].status, held["in-flight"].outcome) == ("unknown", "unknown"), "it may have reached the agent"
+    assert "may have acted" in held["in-flight"].reason
+    assert (held["unsent"].status, held["unsent"].run_id) == ("not_sent", ""), "provably never sent"
+    assert "its run was killed" in held["unsent"].reason
+    assert (held["waiting"].status, held["waiting"].run_id) == ("retrying", ""), "a retry waits for another carrier"
     assert store.get_execution("done").status == "succeeded"
     assert store.get_execution("elsewhere").status == "claimed"
-    assert store.release_dead_run("r-dead", catchup=True) == [], "settled once"
+    assert store.release_run("r-dead", "again") == [], "settled once"
+    waiting = {e.idempotency_key for e in store.waiting_for_carrier(now, now)}
+    assert waiting == {"unsent", "waiting"}
+    assert store.take_over(["unsent", "waiting", "in-flight"], "r-new", now) == {"unsent", "waiting"}
+    assert store.take_over(["unsent"], "r-other", now) == set(), "taken once"
     store.engine.dispose()
 
 
-def test_a_claim_the_reconciler_decided_cannot_be_started(store_url: str) -> None:
+def test_a_late_answer_replaces_the_guess_unknown(store_url: str) -> None:
     store = StateStore(store_url)
-    store.claim([Claim("k", "t", "a", "slow-run", "schedule", None, "v")])
-    assert store.reassign_stale_claims(["k"], "missed") == {"k"}
-    row = dict(task="t", agent="a", run_id="slow-run", trigger="schedule", due_time=None, prompt_version="v")
-    # a burst: several rows in one statement, only the undecided one starts
-    assert store.begin_attempts([{**row, "idempotency_key": "k"}, {**row, "idempotency_key": "other"}]) == {"other": 1}
-    assert (store.get_execution("k").status, store.get_execution("k").attempts) == ("missed", 0)
-    assert store.begin_attempt(idempotency_key="k", **row) == 0
+    store.claim([_claim("k", "slow")])
+    store.start_attempts(["k"], "slow", utcnow())
+    store.release_run("slow", "its heartbeat stopped")
+    store.settle([Settlement("k", "t", status.SUCCEEDED, "slow", outcome="ok", result=ResultRecord(prompt="p", output="late"))])
+    assert store.get_execution("k").status == "succeeded"
+    store.engine.dispose()
+
+
+def test_deadlines_and_misfire_decisions(store_url: str) -> None:
+    store = StateStore(store_url)
+    now = utcnow()
+    past = now - dt.timedelta(seconds=1)
+    store.claim([_claim("late", "r", deadline=past), _claim("fine", "r", deadline=now + dt.timedelta(hours=1))])
+    store.release_run("r", "stopped")
+    assert store.take_over(["late"], "r2", now) == set(), "past its deadline: nobody sends it any more"
+    expired = {e.idempotency_key: e for e in store.expire_waiting(now)}
+    assert set(expired) == {"late"} and expired["late"].status == "not_sent"
+    assert "deadline passed" in expired["late"].reason
+    assert store.expire_waiting(now) == [], "expired once"
+    decided = store.decide([_claim("fine", "", status="missed", reason="the scheduler was down"), _claim("new", "", status="catchup", reason="caught up")])
+    assert decided == {"fine", "new"}
+    assert "the scheduler was down" in store.get_execution("fine").reason
+    assert store.start_attempts(["fine"], "r", now) == {}, "a decided claim is never started"
+    store.engine.dispose()
+
+
+def test_manual_launches_take_their_execution_back(store_url: str) -> None:
+    store = StateStore(store_url)
+    assert store.claim_again([_claim("manual", "run-1")]) == {"manual"}
+    store.start_attempts(["manual"], "run-1", utcnow())
+    assert store.claim_again([_claim("manual", "run-2")]) == set(), "not while it is in flight"
+    store.settle([Settlement("manual", "t", status.FAILED, "run-1", outcome="failed")])
+    assert store.claim_again([_claim("manual", "run-2")]) == {"manual"}, "a re-execution sends it again"
+    store.engine.dispose()
+
+
+def test_session_turns_agent_health_and_first_seen(store_url: str) -> None:
+    store = StateStore(store_url)
+    now = utcnow()
+    soon = now + dt.timedelta(seconds=30)
+    assert store.take_turn("conv", "a", soon, now)
+    assert not store.take_turn("conv", "b", soon, now), "one turn at a time"
+    assert store.take_turn("conv", "b", soon, soon + dt.timedelta(seconds=1)), "a lease its holder left expires"
+    store.end_turn("conv", "b")
+    assert store.take_turn("conv", "c", soon, now)
+
+    for _ in range(2):
+        assert store.record_agent_failure("x", "refused", threshold=3, first_probe_s=10, now=now).healthy
+    sick = store.record_agent_failure("x", "refused", threshold=3, first_probe_s=10, now=now)
+    assert not sick.healthy and sick.next_probe_at == now + dt.timedelta(seconds=10)
+    assert not store.claim_probe("x", now, 300), "not before its time"
+    assert store.claim_probe("x", sick.next_probe_at, 300)
+    assert not store.claim_probe("x", sick.next_probe_at, 300), "one prober"
+    assert store.agent_health(["x"])["x"].probe_interval_s == 20, "the interval doubles"
+    assert store.record_agent_success("x")
+    assert store.agent_health(["x"])["x"].healthy
+    assert not store.record_agent_success("x"), "nothing to change"
+
+    first = store.register_tasks(["t1"], now)
+    later = store.register_tasks(["t1", "t2"], soon)
+    assert later["t1"] == first["t1"] == now and later["t2"] == soon
     store.engine.dispose()
 
 

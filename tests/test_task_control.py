@@ -13,11 +13,11 @@ import dagster as dg
 import pytest
 
 from agent_pipelines.catalog.loader import load_catalog
-from agent_pipelines.factory import build_definitions
+from agent_pipelines.composition import build_definitions
 from agent_pipelines.instance import instance_yaml
-from agent_pipelines.store import Claim, StateStore
-from agent_pipelines.timing import parse_due
-from agent_pipelines.triggers import Trigger
+from agent_pipelines.store import Claim, Settlement, StateStore, status
+from agent_pipelines.scheduling.timing import parse_due
+from agent_pipelines.scheduling.triggers import Trigger
 
 CATALOG = """\
 agents:
@@ -60,7 +60,7 @@ def test_control_job_pauses_resumes_and_requests_runs(setup) -> None:
         assert store.paused_tasks() == set()
         assert _control(defs, instance, task="digest", action="run_now", variables={"topic": "chips"}).success
         (request,) = store.pending_run_requests()
-        assert request.task == "digest" and request.variables == {"topic": "chips"}
+        assert request.task == "digest" and request.variables == {"variables": {"topic": "chips"}}
         bad = _control(defs, instance, task="nope", action="pause")
         assert not bad.success
         failure = next(e for e in bad.all_events if e.event_type_value == "STEP_FAILURE")
@@ -91,7 +91,7 @@ def test_cli_task_commands(setup) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         store = StateStore.for_instance(instance)
         assert store.paused_tasks() == {"digest"}
-        assert store.pending_run_requests()[0].variables == {"topic": "robots"}
+        assert store.pending_run_requests()[0].variables == {"variables": {"topic": "robots"}}
 
 
 def test_one_shot_task_shows_done_once_fired(setup) -> None:
@@ -102,7 +102,7 @@ def test_one_shot_task_shows_done_once_fired(setup) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         store = StateStore.for_instance(instance)
         store.claim([Claim(key, "launch", "a", "r", "schedule", at, "v")])
-        store.begin_attempt(idempotency_key=key, task="launch", agent="a", run_id="r", trigger="schedule", due_time=at, prompt_version="v")
-        store.finish_attempt(key, succeeded=True, outcome="ok")
+        store.start_attempts([key], "r", at)
+        store.settle([Settlement(key, "launch", status.SUCCEEDED, "r", outcome="ok")])
     line = next(line for line in _cli("task", "list").stdout.splitlines() if line.startswith("launch"))
     assert "once at 2026-12-01T09:00:00+08:00" in line and " done " in f" {line} "

@@ -1,17 +1,18 @@
-"""Task steps against a real demo agent on 127.0.0.1 and a real SQLite Dagster instance:
-retries, failure classes, idempotency keys, sessions, run config, upstream outputs."""
+"""Manual runs (a person materializes tasks) against a real demo agent on 127.0.0.1 and a real
+SQLite Dagster instance: retries, failure classes, idempotency keys, sessions, run config,
+upstream outputs, sample events."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from agent_pipelines.catalog.loader import load_catalog
-from agent_pipelines.factory import ALL_TASKS_JOB, build_definitions
+from agent_pipelines.composition import build_definitions
+from agent_pipelines.scheduling.scheduler import MANUAL_JOB as ALL_TASKS_JOB
 from agent_pipelines.store import StateStore
-from agent_pipelines.triggers import trigger_from_run_tags
 from tests.conftest import write_catalog
 
 
@@ -40,6 +41,14 @@ def _materializations(result) -> dict[str, dg.AssetMaterialization]:
 
 def _step_failures(result) -> list:
     return [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+
+
+def _checks(result, name: str = "succeeded") -> list:
+    return [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == name
+    ]
 
 
 def _store(instance: dg.DagsterInstance) -> StateStore:
@@ -86,14 +95,17 @@ def test_success_records_everything_the_issue_asks_for(tmp_path, demo_agent, ins
     assert execution is not None and execution.status == "succeeded" and execution.attempts == 1
 
 
-def test_server_error_is_retried_by_dagster_with_the_same_idempotency_key(tmp_path, demo_agent, instance) -> None:
+def test_server_error_is_retried_at_its_own_delay_with_the_same_idempotency_key(tmp_path, demo_agent, instance) -> None:
     demo_agent.push_faults([{"status": 500}])
     result = _run(_defs(tmp_path, demo_agent.url, ONE_TASK), instance, "report")
     assert result.success
-    assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events), "no step restart"
     keys = {r.headers["idempotency-key"] for r in demo_agent.requests()}
     assert len(demo_agent.requests()) == 2 and len(keys) == 1
     assert _materializations(result)["report"].metadata["attempts"].value == 2
+    retrying, succeeded = _checks(result)
+    assert not retrying.passed and "retrying at" in retrying.description
+    assert succeeded.passed
 
 
 def test_client_error_fails_at_once_without_retry(tmp_path, demo_agent, instance) -> None:
@@ -101,9 +113,10 @@ def test_client_error_fails_at_once_without_retry(tmp_path, demo_agent, instance
     result = _run(_defs(tmp_path, demo_agent.url, ONE_TASK), instance, "report")
     assert not result.success
     assert len(demo_agent.requests()) == 1
-    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
     (failure,) = _step_failures(result)
     assert "client_error (HTTP 400)" in failure.event_specific_data.error.message
+    (check,) = _checks(result)
+    assert not check.passed and "client_error (HTTP 400)" in check.description
 
 
 def test_timeout_of_non_idempotent_task_fails_with_outcome_unknown(tmp_path, demo_agent, instance) -> None:
@@ -111,12 +124,12 @@ def test_timeout_of_non_idempotent_task_fails_with_outcome_unknown(tmp_path, dem
     result = _run(_defs(tmp_path, demo_agent.url, ONE_TASK), instance, "report")
     assert not result.success
     assert len(demo_agent.requests()) == 1, "a timed-out side-effecting call must not be re-sent"
-    assert instance.get_run_by_id(result.run_id).tags["agent_pipelines/outcome"] == "unknown"
     (failure,) = _step_failures(result)
     assert "timeout" in failure.event_specific_data.error.message
     key = demo_agent.requests()[0].headers["idempotency-key"]
     execution = _store(instance).get_execution(key)
-    assert execution.outcome == "unknown" and execution.failure_kind == "timeout"
+    assert (execution.status, execution.outcome, execution.failure_kind) == ("unknown", "unknown", "timeout")
+    assert "idempotent: true" in execution.reason
 
 
 def test_timeout_of_idempotent_task_is_retried(tmp_path, demo_agent, instance) -> None:
@@ -148,7 +161,6 @@ def test_missing_token_is_a_clear_permanent_failure(tmp_path, demo_agent, instan
     assert demo_agent.requests() == []
     (failure,) = _step_failures(result)
     assert "DEMO_AGENT_TOKEN" in failure.event_specific_data.error.message
-    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
 
 
 THREE_TASKS = """\
@@ -174,19 +186,19 @@ def _serial_agent(url: str) -> str:
 def test_tasks_sharing_an_op_are_materialized_separately(tmp_path, demo_agent, instance) -> None:
     demo_agent.push_faults([{}, {"status": 400}])
     defs = _defs(tmp_path, demo_agent.url, THREE_TASKS, _serial_agent(demo_agent.url))
-    assert defs.resolve_job_def(ALL_TASKS_JOB).graph.node_named("tasks__serial")
-    result = _run(defs, instance)
+    assert defs.resolve_job_def(ALL_TASKS_JOB).graph.node_named("serial_tasks")
+    result = _run(defs, instance, "alpha", "bravo", "charlie")
     assert not result.success
     assert set(_materializations(result)) == {"alpha", "charlie"}
     (failure,) = _step_failures(result)
-    assert "bravo: client_error" in failure.event_specific_data.error.message
+    assert "bravo: failed: client_error" in failure.event_specific_data.error.message
     assert len(demo_agent.requests()) == 3
 
 
-def test_step_retry_resends_only_what_failed(tmp_path, demo_agent, instance) -> None:
+def test_a_retry_resends_only_what_failed(tmp_path, demo_agent, instance) -> None:
     demo_agent.push_faults([{}, {"status": 503}])
     defs = _defs(tmp_path, demo_agent.url, THREE_TASKS, _serial_agent(demo_agent.url))
-    result = _run(defs, instance)
+    result = _run(defs, instance, "alpha", "bravo", "charlie")
     assert result.success
     prompts = [r.body["messages"][-1]["content"] for r in demo_agent.requests()]
     assert prompts == ["alpha", "bravo", "charlie", "bravo"]
@@ -207,26 +219,24 @@ tasks:
 """
 
 
-def test_task_sessions_continue_across_runs(tmp_path, demo_agent, instance) -> None:
+def test_task_sessions_continue_across_runs_with_ids_we_choose(tmp_path, demo_agent, instance) -> None:
     defs = _defs(tmp_path, demo_agent.url, SESSIONS)
     for _ in range(2):
-        assert _run(defs, instance).success
+        assert _run(defs, instance, "claw_chat", "hermes_chat", "plain_chat", "one_off").success
     by_task: dict[str, list] = {}
     for request in demo_agent.requests():
         prompt = request.body["messages"][-1]["content"]
         by_task.setdefault(prompt, []).append(request)
 
     claw = by_task["hello claw"]
-    assert claw[0].headers["x-openclaw-session-key"] == claw[1].headers["x-openclaw-session-key"] == "agent-pipelines:claw_chat"
+    assert claw[0].headers["x-openclaw-session-key"] == claw[1].headers["x-openclaw-session-key"] == "agent-pipelines-claw_chat"
     hermes = by_task["hello hermes"]
-    assert "x-hermes-session-id" not in hermes[0].headers
-    first_hermes_session = _store(instance).session_remote_id("hermes_chat", "hermes")
-    assert first_hermes_session and hermes[1].headers["x-hermes-session-id"] == first_hermes_session
+    assert [r.headers["x-hermes-session-id"] for r in hermes] == ["agent-pipelines-hermes_chat"] * 2
     plain = by_task["hello plain"]
     assert [m["role"] for m in plain[1].body["messages"]] == ["user", "assistant", "user"]
     assert plain[1].body["messages"][0]["content"] == "hello plain"
-    once = by_task["hello once"]
-    assert all("x-openclaw-session-key" not in r.headers for r in once)
+    once = [r.headers["x-openclaw-session-key"] for r in by_task["hello once"]]
+    assert len(set(once)) == 2 and all(key.startswith("agent-pipelines-one_off-") for key in once), "a fresh explicit id each time"
 
 
 def test_run_config_overrides_prompt_variables(tmp_path, demo_agent, instance) -> None:
@@ -262,48 +272,66 @@ def test_upstream_output_feeds_the_downstream_prompt(tmp_path, demo_agent, insta
     assert demo_agent.requests()[2].body["messages"][-1]["content"] == brief_prompt
 
 
-def test_downstream_without_upstream_output_fails_clearly(tmp_path, demo_agent, instance) -> None:
+def test_downstream_launched_alone_on_a_fresh_instance_runs_its_upstream_first(tmp_path, demo_agent, instance) -> None:
     result = _run(_defs(tmp_path, demo_agent.url, WORKFLOW), instance, "brief")
+    assert result.success
+    gather, brief = demo_agent.requests()
+    assert gather.body["messages"][-1]["content"] == "List open incidents."
+    outputs = {k: m.metadata["output"].value for k, m in _materializations(result).items()}
+    assert brief.body["messages"][-1]["content"] == f"Summarise: {outputs['gather']}"
+
+
+def test_an_upstream_that_fails_in_the_run_stops_its_downstream(tmp_path, demo_agent, instance) -> None:
+    demo_agent.push_faults([{"status": 400}])
+    result = _run(_defs(tmp_path, demo_agent.url, WORKFLOW), instance, job="brief_workflow_job")
     assert not result.success
-    (failure,) = _step_failures(result)
-    assert "upstream task 'gather' has no output yet" in failure.event_specific_data.error.message
-    assert demo_agent.requests() == []
+    assert len(demo_agent.requests()) == 1, "brief never ran on a missing output"
 
 
-def test_scheduled_due_time_drives_key_and_template(tmp_path, demo_agent, instance) -> None:
-    tasks = """\
+EVENT_TASK = """sources:
+  - {name: ci, auth: {kind: bearer, token_env: CI_TOKEN}}
 tasks:
-  - name: digest
+  - name: review
     owner: ops
     agent: demo
-    prompt: "Digest for {{ due_time.strftime('%Y-%m-%d %H:%M %Z') }}"
-    schedule: {cron: "0 9 * * *", timezone: Europe/Paris}
+    events: [{source: ci, type: deploy_finished}]
+    prompt: "Review {{ event.payload.service }} {{ event.payload.version }} ({{ event.type }})."
 """
-    defs = _defs(tmp_path, demo_agent.url, tasks)
-    due = "2026-11-23T08:00:00+00:00"
-    result = _run(defs, instance, "digest", tags={"agent_pipelines/due_time": due, "agent_pipelines/trigger": "schedule"})
+
+
+def test_an_event_task_launched_by_hand_takes_a_sample_event(tmp_path, demo_agent, instance) -> None:
+    defs = _defs(tmp_path, demo_agent.url, EVENT_TASK)
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        _run(defs, instance, "review")
+    assert "'event': {'payload': {'service'" in str(refused.value), "the error shows what to give"
+    assert demo_agent.requests() == []
+    config = {"ops": {"review": {"config": {"review": {"event": {"payload": {"service": "api", "version": "4.2"}}}}}}}
+    result = _run(defs, instance, "review", run_config=config)
     assert result.success
-    request = demo_agent.requests()[0]
-    assert request.body["messages"][-1]["content"] == "Digest for 2026-11-23 09:00 CET"
-    assert request.headers["idempotency-key"] == "agent-pipelines:digest:schedule:2026-11-23T08:00:00.000Z"
+    assert demo_agent.requests()[0].body["messages"][-1]["content"] == "Review api 4.2 (deploy_finished)."
 
 
-def test_idempotency_key_survives_reexecution() -> None:
-    original = trigger_from_run_tags({}, "run-1")
-    reexecuted = trigger_from_run_tags({"dagster/root_run_id": "run-1", "dagster/parent_run_id": "run-1"}, "run-2")
-    assert original.idempotency_key("t") == reexecuted.idempotency_key("t")
-    scheduled = trigger_from_run_tags({".dagster/scheduled_execution_time": "2026-11-23T09:00:00+00:00"}, "run-3")
-    assert scheduled.kind == "schedule"
-    assert scheduled.due_time == dt.datetime(2026, 11, 23, 9, tzinfo=dt.timezone.utc)
-    assert scheduled.idempotency_key("t") == "agent-pipelines:t:schedule:2026-11-23T09:00:00.000Z"
+DIFY = """\
+- name: dify_app
+  kind: dify
+  base_url: {url}
+  auth_env: DEMO_AGENT_TOKEN
+"""
 
 
 def test_a_conversation_the_agent_forgot_is_cleared(tmp_path, demo_agent, instance) -> None:
-    defs = _defs(tmp_path, demo_agent.url, SESSIONS)
-    assert _run(defs, instance, "hermes_chat").success
-    assert _store(instance).session_remote_id("hermes_chat", "hermes")
-    demo_agent.push_faults([{"status": 404, "body": {"error": {"message": "session not found"}}}])
-    assert not _run(defs, instance, "hermes_chat").success
-    assert _store(instance).session_remote_id("hermes_chat", "hermes") is None
-    assert _run(defs, instance, "hermes_chat").success
-    assert "x-hermes-session-id" not in demo_agent.requests()[-1].headers
+    tasks = """\
+tasks:
+  - {name: chat, owner: ops, agent: dify_app, prompt: "hello dify", session: task}
+"""
+    defs = _defs(tmp_path, demo_agent.url, tasks, DIFY.format(url=demo_agent.url))
+    assert _run(defs, instance, "chat").success
+    conversation = _store(instance).session_remote_id("chat", "dify_app")
+    assert conversation
+    assert _run(defs, instance, "chat").success
+    assert demo_agent.requests()[-1].body["conversation_id"] == conversation
+    demo_agent.push_faults([{"status": 404, "body": {"error": {"message": "conversation not found"}}}])
+    assert not _run(defs, instance, "chat").success
+    assert _store(instance).session_remote_id("chat", "dify_app") is None
+    assert _run(defs, instance, "chat").success
+    assert demo_agent.requests()[-1].body["conversation_id"] == ""

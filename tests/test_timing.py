@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 
 from agent_pipelines.catalog.model import CronScheduleSpec, IntervalScheduleSpec, OneShotScheduleSpec
-from agent_pipelines.planning import DueIndex, window_floor
+from agent_pipelines.scheduling.planning import DueIndex, window_floor
 from agent_pipelines.catalog.model import TaskSpec
-from agent_pipelines.timing import due_times, format_due, next_due_time, parse_due
+from agent_pipelines.scheduling.timing import due_times, format_due, next_due_time, parse_due
 
 UTC = dt.timezone.utc
 

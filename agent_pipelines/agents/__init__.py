@@ -1,6 +1,6 @@
 """Agent clients: one interface (`base`), one module per protocol, and a registry by kind."""
 
-from resources.agents.base import (
+from agent_pipelines.agents.base import (
     OUTCOME_UNKNOWN_KINDS,
     TRANSIENT_KINDS,
     AgentCallError,
@@ -15,7 +15,7 @@ from resources.agents.base import (
     classify_status,
     parse_retry_after,
 )
-from resources.agents.registry import AGENT_CLIENTS, KIND_DEFAULTS, create_client
+from agent_pipelines.agents.registry import AGENT_CLIENTS, KIND_DEFAULTS, create_client
 
 __all__ = [
     "AGENT_CLIENTS",

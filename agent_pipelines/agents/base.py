@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from resources.agents.transport import Reply
+    from agent_pipelines.agents.credentials import TokenSource
+    from agent_pipelines.agents.transport import Reply
 
 
 SessionMode = Literal["isolated", "task"]
@@ -29,6 +30,7 @@ class FailureKind(str, enum.Enum):
     DISCONNECTED = "disconnected"  # connection dropped after the request was sent
     RATE_LIMITED = "rate_limited"  # 429, maybe with Retry-After
     SERVER_ERROR = "server_error"  # 5xx (Hermes: a failed agent turn is a 502 with details)
+    AUTH = "auth"  # 401/403: the token is missing, wrong or expired; retrying cannot help
     CLIENT_ERROR = "client_error"  # other 4xx: our request is wrong, retrying cannot help
     MALFORMED = "malformed"  # 2xx whose body is not what the protocol promises
     CONFIG = "config"  # our side: missing secret, bad template; nothing was sent
@@ -38,6 +40,8 @@ class FailureKind(str, enum.Enum):
 OUTCOME_UNKNOWN_KINDS = frozenset({FailureKind.TIMEOUT, FailureKind.DISCONNECTED, FailureKind.MALFORMED})
 # Failures where the request certainly did not complete and sending it again is safe.
 TRANSIENT_KINDS = frozenset({FailureKind.CONNECTION, FailureKind.RATE_LIMITED, FailureKind.SERVER_ERROR})
+# Failures that say the agent itself is unusable, not this one request (see `agents.health`).
+AGENT_DOWN_KINDS = frozenset({FailureKind.CONNECTION, FailureKind.AUTH})
 
 
 class AgentCallError(Exception):
@@ -135,9 +139,20 @@ class AgentSettings:
     timeout_s: float = 120.0
     max_concurrency: int = 4
     headers: Mapping[str, str] = field(default_factory=dict)
-    auth_token: str | None = None
+    auth_token: str | None = None  # a fixed token; otherwise `token_source` is read per request
     idempotency_header: str | None = "Idempotency-Key"
     options: Mapping[str, Any] = field(default_factory=dict)
+    token_source: TokenSource | None = None
+
+    def bearer_token(self) -> str | None:
+        if self.auth_token:
+            return self.auth_token
+        return self.token_source.token() if self.token_source is not None else None
+
+    def auth_hint(self) -> str:
+        if self.token_source is not None:
+            return f"; check the token in {self.token_source.describe()}"
+        return ""
 
 
 class AgentClient(abc.ABC):
@@ -148,7 +163,7 @@ class AgentClient(abc.ABC):
 
     def __init__(self, settings: AgentSettings, http: Any) -> None:
         """`http`: a `Transport`, or an `aiohttp.ClientSession` / `httpx.AsyncClient` to wrap."""
-        from resources.agents.transport import as_transport
+        from agent_pipelines.agents.transport import as_transport
 
         self.settings = settings
         self.http = as_transport(http)
@@ -157,10 +172,35 @@ class AgentClient(abc.ABC):
     async def invoke(self, request: AgentRequest) -> AgentResponse:
         """Send one request; return the answer or raise `AgentCallError`."""
 
+    def health_path(self) -> str | None:
+        """A GET that answers 2xx when the agent is up and accepts our token (None: no such path,
+        a TCP connect is the probe). `health_path` in the agent's settings wins."""
+        return self.settings.options.get("health_path")
+
+    async def probe(self, timeout_s: float = 5.0) -> None:
+        """Raise a classified `AgentCallError` unless the agent is reachable (and, where it has a
+        health path, accepts our credentials). Used to tell when an unhealthy agent is back."""
+        path = self.health_path()
+        if path is None:
+            await tcp_probe(self.settings.base_url, timeout_s)
+            return
+        url = f"{self.settings.base_url.rstrip('/')}{path}"
+        response = await self.http.get(url, headers=self.auth_headers(), timeout_s=timeout_s)
+        if response.status_code >= 300:
+            error = classify_status(response)
+            if error.kind is FailureKind.AUTH:
+                error.message += self.settings.auth_hint()
+            raise error
+
+    def auth_headers(self) -> dict[str, str]:
+        headers = dict(self.settings.headers)
+        token = self.settings.bearer_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
     def base_headers(self, request: AgentRequest) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.settings.headers}
-        if self.settings.auth_token:
-            headers["Authorization"] = f"Bearer {self.settings.auth_token}"
+        headers = {"Content-Type": "application/json", **self.auth_headers()}
         if self.settings.idempotency_header:
             headers[self.settings.idempotency_header] = request.idempotency_key
         for name, value in headers.items():
@@ -184,7 +224,10 @@ class AgentClient(abc.ABC):
         response = await self.http.post(url, body=body, headers=headers, timeout_s=request.timeout_s)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if response.status_code >= 300:
-            raise classify_status(response)
+            error = classify_status(response)
+            if error.kind is FailureKind.AUTH:
+                error.message += self.settings.auth_hint()
+            raise error
         try:
             payload = response.json()
         except ValueError as exc:
@@ -195,6 +238,20 @@ class AgentClient(abc.ABC):
                 status_code=response.status_code,
             ) from exc
         return response, payload, latency_ms
+
+
+async def tcp_probe(base_url: str, timeout_s: float) -> None:
+    """Connect to the agent's host and port and close again."""
+    import asyncio
+    from urllib.parse import urlparse
+
+    parsed = urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, port), timeout_s)
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise AgentCallError(FailureKind.CONNECTION, f"cannot connect to {parsed.hostname}:{port}: {exc!r}") from exc
+    writer.close()
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -227,7 +284,14 @@ def classify_status(response: Reply) -> AgentCallError:
             retry_after_s=retry_after,
             details={"body": detail},
         )
-    if status >= 500:
+    if status in (401, 403):
+        return AgentCallError(
+            FailureKind.AUTH,
+            f"agent refused our credentials with HTTP {status}: {detail[:200]}",
+            status_code=status,
+            details={"body": detail},
+        )
+    if status >= 500 or status == 408:  # 408: a gateway gave up waiting for its model
         return AgentCallError(
             FailureKind.SERVER_ERROR,
             f"agent failed with HTTP {status}: {detail}",

@@ -10,14 +10,14 @@ import json
 from typing import Any, ClassVar
 
 
-from resources.agents.base import (
+from agent_pipelines.agents.base import (
     AgentCallError,
     AgentClient,
     AgentRequest,
     AgentResponse,
     FailureKind,
 )
-from resources.agents.transport import Reply
+from agent_pipelines.agents.transport import Reply
 
 APP_MODES = ("chat", "workflow")
 FAILED_WORKFLOW_STATUSES = frozenset({"failed", "stopped"})
@@ -37,6 +37,9 @@ class DifyClient(AgentClient):
     @property
     def user(self) -> str:
         return str(self.settings.options.get("user") or "agent-pipelines")
+
+    def health_path(self) -> str | None:
+        return self.settings.options.get("health_path") or "/v1/parameters"
 
     def url(self, path: str) -> str:
         return f"{self.settings.base_url.rstrip('/')}{path}"

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from resources.agents.base import (
+from agent_pipelines.agents.base import (
     AgentCallError,
     AgentClient,
     AgentRequest,

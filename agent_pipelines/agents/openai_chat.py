@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
-from resources.agents.base import (
+from agent_pipelines.agents.base import (
     AgentCallError,
     AgentClient,
     AgentRequest,
     AgentResponse,
     FailureKind,
 )
-from resources.agents.transport import Reply
+from agent_pipelines.agents.transport import Reply
 
 DEFAULT_PATH = "/v1/chat/completions"
 
@@ -42,8 +42,8 @@ class OpenAIChatClient(AgentClient):
         return {}
 
     def session_fields(self, request: AgentRequest) -> dict[str, Any]:
-        """Extra body fields; `user` lets the server group a task's calls together."""
-        return {"user": request.session.key} if request.session.mode == "task" else {}
+        """Extra body fields; `user` lets the server group a conversation's calls together."""
+        return {"user": request.session.key}
 
     def session_id_from(self, request: AgentRequest, response: Reply) -> str | None:
         return None
@@ -54,11 +54,14 @@ class OpenAIChatClient(AgentClient):
         path = str(self.settings.options.get("path", DEFAULT_PATH))
         return f"{self.settings.base_url.rstrip('/')}{path}"
 
+    def health_path(self) -> str | None:
+        return self.settings.options.get("health_path") or "/v1/models"
+
     def build_messages(self, request: AgentRequest) -> list[dict[str, str]]:
         messages: list[dict[str, str]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        if self.replays_history:
+        if self.replays_history and request.session.mode == "task":
             messages.extend({"role": m.role, "content": m.content} for m in request.session.history)
         messages.append({"role": "user", "content": request.prompt})
         return messages
@@ -114,17 +117,20 @@ class OpenClawClient(OpenAIChatClient):
         return self.settings.model or f"openclaw/{self.agent_id}"
 
     def session_headers(self, request: AgentRequest) -> dict[str, str]:
-        headers = {"x-openclaw-agent-id": self.agent_id}
-        if request.session.mode == "task":
-            headers["x-openclaw-session-key"] = request.session.key
-        return headers
+        # Always an explicit key: the task's stable one, or a fresh one per execution.
+        return {"x-openclaw-agent-id": self.agent_id, "x-openclaw-session-key": request.session.key}
 
     def session_id_from(self, request: AgentRequest, response: Reply) -> str | None:
-        return request.session.key if request.session.mode == "task" else None
+        return request.session.key
 
 
 class HermesClient(OpenAIChatClient):
-    """Hermes Agent's API server: it owns the session and returns its id in a header."""
+    """Hermes Agent's API server: it keeps each conversation under the session id the caller
+    sends in `X-Hermes-Session-Id` (any id up to 256 characters without `/`, `\\`, `..` or a
+    drive-like `x:`). We always send one: the task's stable id for `session: task`, a fresh one
+    per execution for `session: isolated` (without it Hermes derives the id from the prompt, so a
+    repeated prompt would land in an old session). A turn that fails inside the agent comes
+    back as HTTP 200 with `finish_reason: "error"` and a `hermes` object saying so."""
 
     kind: ClassVar[str] = "hermes"
     replays_history: ClassVar[bool] = False
@@ -136,22 +142,48 @@ class HermesClient(OpenAIChatClient):
         return {}
 
     def session_headers(self, request: AgentRequest) -> dict[str, str]:
-        if request.session.mode == "task" and request.session.remote_id:
-            return {self.session_header: request.session.remote_id}
-        return {}
+        return {self.session_header: request.session.key}
 
     def session_id_from(self, request: AgentRequest, response: Reply) -> str | None:
-        return response.headers.get(self.session_header)
+        return response.headers.get(self.session_header) or request.session.key
 
     async def post_json(
         self, url: str, body: Any, request: AgentRequest, headers: Mapping[str, str]
     ) -> tuple[Reply, Any, float]:
         try:
-            return await super().post_json(url, body, request, headers)
+            response, payload, latency_ms = await super().post_json(url, body, request, headers)
         except AgentCallError as exc:
             if exc.kind is FailureKind.SERVER_ERROR:
                 raise hermes_turn_error(exc) from exc
             raise
+        failed_turn(payload, response)
+        return response, payload, latency_ms
+
+
+def failed_turn(payload: Any, response: Reply) -> None:
+    """Raise for a turn Hermes reports as failed inside a 200 answer. When it says the turn was
+    partial (tools may have run), the outcome is unknown; otherwise nothing completed."""
+    status = payload.get("hermes") if isinstance(payload, dict) else None
+    failed = isinstance(status, dict) and status.get("failed")
+    if not failed and finish_reason(payload) != "error" and response.headers.get("X-Hermes-Completed", "").lower() != "false":
+        return
+    status = status if isinstance(status, dict) else {}
+    message = status.get("error") or response.headers.get("X-Hermes-Error") or extract_text(payload) or "agent turn failed"
+    partial = bool(status.get("partial")) or response.headers.get("X-Hermes-Partial", "").lower() == "true"
+    raise AgentCallError(
+        FailureKind.DISCONNECTED if partial else FailureKind.SERVER_ERROR,
+        f"Hermes agent turn failed{' part way (tools may have run)' if partial else ''}: {str(message)[:500]}",
+        status_code=response.status_code,
+        details={"hermes": status, "error_code": status.get("error_code")},
+    )
+
+
+def extract_text(payload: Any) -> str | None:
+    try:
+        content = payload["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) else None
 
 
 def hermes_turn_error(exc: AgentCallError) -> AgentCallError:

@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 
-from resources.agents.base import AgentCallError, AgentClient, AgentSettings, FailureKind
-from resources.agents.dify import DifyClient
-from resources.agents.http_agent import HttpAgentClient
-from resources.agents.openai_chat import HermesClient, OpenAIChatClient, OpenClawClient
+from agent_pipelines.agents.base import AgentCallError, AgentClient, AgentSettings, FailureKind
+from agent_pipelines.agents.dify import DifyClient
+from agent_pipelines.agents.http_agent import HttpAgentClient
+from agent_pipelines.agents.openai_chat import HermesClient, OpenAIChatClient, OpenClawClient
 
 AGENT_CLIENTS: dict[str, type[AgentClient]] = {
     "openai_chat": OpenAIChatClient,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import aiohttp
 import httpx
 
-from resources.agents.base import AgentCallError, FailureKind
+from agent_pipelines.agents.base import AgentCallError, FailureKind
 
 HttpClientName = Literal["aiohttp", "httpx"]
 
@@ -45,8 +45,17 @@ class Reply:
 
 class Transport(abc.ABC):
     @abc.abstractmethod
+    async def request(
+        self, method: str, url: str, *, body: Any = None, headers: Mapping[str, str], timeout_s: float
+    ) -> Reply:
+        """Send one request (JSON body when given); raise a classified `AgentCallError` for
+        anything but a response."""
+
     async def post(self, url: str, *, body: Any, headers: Mapping[str, str], timeout_s: float) -> Reply:
-        """POST JSON; raise a classified `AgentCallError` for anything but a response."""
+        return await self.request("POST", url, body=body, headers=headers, timeout_s=timeout_s)
+
+    async def get(self, url: str, *, headers: Mapping[str, str], timeout_s: float) -> Reply:
+        return await self.request("GET", url, headers=headers, timeout_s=timeout_s)
 
 
 def _config_error(url: str, exc: BaseException) -> AgentCallError:
@@ -72,10 +81,12 @@ class HttpxTransport(Transport):
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
 
-    async def post(self, url: str, *, body: Any, headers: Mapping[str, str], timeout_s: float) -> Reply:
+    async def request(
+        self, method: str, url: str, *, body: Any = None, headers: Mapping[str, str], timeout_s: float
+    ) -> Reply:
         timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
         try:
-            response = await self.client.post(url, json=body, headers=dict(headers), timeout=timeout)
+            response = await self.client.request(method, url, json=body, headers=dict(headers), timeout=timeout)
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL, UnicodeEncodeError) as exc:
             raise _config_error(url, exc) from exc
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -95,10 +106,12 @@ class AiohttpTransport(Transport):
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
 
-    async def post(self, url: str, *, body: Any, headers: Mapping[str, str], timeout_s: float) -> Reply:
+    async def request(
+        self, method: str, url: str, *, body: Any = None, headers: Mapping[str, str], timeout_s: float
+    ) -> Reply:
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
         try:
-            async with self.session.post(url, json=body, headers=dict(headers), timeout=timeout) as response:
+            async with self.session.request(method, url, json=body, headers=dict(headers), timeout=timeout) as response:
                 content = await response.read()
                 return Reply(response.status, response.headers, content)
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError, UnicodeEncodeError) as exc:

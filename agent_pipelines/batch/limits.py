@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from agent_pipelines.catalog.model import RateLimitSpec
+from agent_pipelines.scheduling.clock import SYSTEM_CLOCK, Clock
 
 
 class TokenBucket:
     """`rate_per_minute` units refilled continuously, at most one minute's worth banked."""
 
-    def __init__(self, rate_per_minute: int) -> None:
+    def __init__(self, rate_per_minute: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
         self.capacity = float(rate_per_minute)
         self.per_second = rate_per_minute / 60.0
         self.level = self.capacity
-        self.updated = time.monotonic()
+        self.updated = clock.time()
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self.clock.time()
         self.level = min(self.capacity, self.level + (now - self.updated) * self.per_second)
         self.updated = now
 
@@ -36,26 +37,28 @@ class TokenBucket:
 class RateLimiter:
     """What one agent node accepts; shared by every shard that sends to it."""
 
-    def __init__(self, spec: RateLimitSpec | None) -> None:
-        self.requests = TokenBucket(spec.requests_per_minute) if spec and spec.requests_per_minute else None
-        self.tokens = TokenBucket(spec.tokens_per_minute) if spec and spec.tokens_per_minute else None
+    def __init__(self, spec: RateLimitSpec | None, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self.requests = TokenBucket(spec.requests_per_minute, clock) if spec and spec.requests_per_minute else None
+        self.tokens = TokenBucket(spec.tokens_per_minute, clock) if spec and spec.tokens_per_minute else None
         self.paused_until = 0.0
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         """Wait for a request slot, a positive token balance and the end of any 429 pause."""
-        if self.requests is None and self.tokens is None and self.paused_until <= time.monotonic():
+        if self.requests is None and self.tokens is None and self.paused_until <= self.clock.time():
             return  # nothing to wait for: no lock on the hot path
         async with self._lock:
             while True:
-                wait = max(0.0, self.paused_until - time.monotonic())
+                now = self.clock.time()
+                wait = max(0.0, self.paused_until - now)
                 if self.requests is not None:
                     wait = max(wait, self.requests.wait_for(1))
                 if self.tokens is not None:
                     wait = max(wait, self.tokens.wait_for(0))
-                if wait <= 0:
+                if wait <= 1e-6:  # float dust from the refill arithmetic
                     break
-                await asyncio.sleep(wait)
+                await self.clock.sleep_until(now + wait)
             if self.requests is not None:
                 self.requests.take(1)
 
@@ -65,4 +68,4 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """A 429 with Retry-After: nobody sends to this node before then."""
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self.paused_until = max(self.paused_until, self.clock.time() + seconds)

@@ -15,11 +15,10 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import random
 import statistics
 import tempfile
 import zoneinfo
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,9 @@ from agent_pipelines.batch.items import Item, partition_key_for, read_item_batch
 from agent_pipelines.batch.limits import RateLimiter
 from agent_pipelines.catalog.model import AgentSpecBase, TaskSpec
 from agent_pipelines.catalog.templates import TemplateProblem, render
-from resources.agent_resource import AgentConnection, AgentResource
-from resources.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
+from agent_pipelines.agents.pool import AgentConnection, AgentPool
+from agent_pipelines.scheduling.retries import retry_delay
+from agent_pipelines.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
 
 UTC = dt.timezone.utc
 #: Items read from the source per batch, per shard.
@@ -107,8 +107,10 @@ class BatchRunner:
         trigger_ref: str,
         variables: dict[str, Any] | None = None,
         log: logging.Logger | Any = None,
+        pool_factory: Callable[[Mapping[str, AgentSpecBase]], AgentPool] = AgentPool,
     ) -> None:
         self.task = task
+        self.pool_factory = pool_factory
         self.nodes = list(nodes)
         self.all_shard_keys = list(shard_keys)
         self.source = source
@@ -175,10 +177,10 @@ class BatchRunner:
 
     @contextlib.asynccontextmanager
     async def _connections(self) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
+        async with self.pool_factory({node.spec.name: node.spec for node in self.nodes}) as pool:
             for node in self.nodes:
                 try:
-                    node.connection = await stack.enter_async_context(AgentResource.from_spec(node.spec).connect())
+                    node.connection = pool.connection(node.spec.name)
                 except AgentCallError as error:
                     node.down_reason = error.message
             yield
@@ -340,18 +342,7 @@ class BatchRunner:
         )
 
     def _backoff(self, retry: int) -> float:
-        spec = self.task.retries
-        if spec.backoff == "exponential":
-            delay = spec.delay * (2 ** (retry - 1))
-        elif spec.backoff == "linear":
-            delay = spec.delay * retry
-        else:
-            delay = spec.delay
-        if spec.jitter == "full":
-            return random.uniform(0, delay)
-        if spec.jitter == "plus_minus":
-            return max(0.0, delay + random.uniform(-spec.delay, spec.delay))
-        return delay
+        return retry_delay(self.task.retries, retry)
 
     def _finish(self, row: dict[str, Any], summary: ShardSummary, error: str | None = None) -> dict[str, Any]:
         row["finished_at"] = dt.datetime.now(UTC)

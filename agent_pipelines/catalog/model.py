@@ -51,6 +51,16 @@ class RateLimitSpec(Spec):
     tokens_per_minute: int | None = Field(default=None, ge=1)
 
 
+class AgentHealthSpec(Spec):
+    """When an agent counts as unhealthy, and how it is probed until it is back."""
+
+    unhealthy_after: int = Field(
+        default=3, ge=1, le=1000, description="consecutive auth or connection failures that mark it unhealthy"
+    )
+    probe_every: Duration = Field(default=15.0, ge=1.0, description="first probe delay; doubles up to max_probe_every")
+    max_probe_every: Duration = Field(default=300.0, ge=1.0)
+
+
 class AgentSpecBase(Spec):
     """Fields every agent kind shares."""
 
@@ -67,6 +77,15 @@ class AgentSpecBase(Spec):
         default=None,
         description="environment variable holding the bearer token; the token never lives in YAML",
     )
+    auth_file: str | None = Field(
+        default=None,
+        description="file holding the bearer token (e.g. a mounted Kubernetes secret); re-read when it changes",
+    )
+    health_path: str | None = Field(
+        default=None,
+        description="GET path answering 2xx when the agent is up (default per kind; a TCP connect for `http`)",
+    )
+    health: AgentHealthSpec = Field(default_factory=lambda: AgentHealthSpec())
     model: str | None = None
     timeout: Duration = Field(default=120.0, gt=0, description="default request timeout")
     max_concurrency: int = Field(default=4, ge=1, le=10_000)
@@ -113,9 +132,18 @@ class AgentSpecBase(Spec):
             object.__setattr__(self, "model", self.default_model)
         return self
 
+    @model_validator(mode="after")
+    def _one_token_source(self) -> AgentSpecBase:
+        if self.auth_env and self.auth_file:
+            raise ValueError("set at most one of `auth_env` and `auth_file`")
+        return self
+
     @property
     def options(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.option_fields}
+        options = {name: getattr(self, name) for name in self.option_fields}
+        if self.health_path:
+            options["health_path"] = self.health_path
+        return options
 
 
 class OpenAIChatAgentSpec(AgentSpecBase):
@@ -198,13 +226,24 @@ AgentSpec = OpenAIChatAgentSpec | OpenClawAgentSpec | HermesAgentSpec | DifyAgen
 # --------------------------------------------------------------------------------------------
 
 
-class RetrySpec(Spec):
-    """Maps onto Dagster's RetryPolicy; `count` is retries after the first attempt."""
+def _until_value(value: Any) -> Any:
+    return value if value in (None, "next_due") else parse_duration(value)
 
-    count: int = Field(default=2, ge=0, le=50)
+
+class RetrySpec(Spec):
+    """Retries of one execution, each at its own time; `count` is retries after the first attempt.
+
+    `until` bounds how long an execution stays worth trying: `next_due` (until the task's next
+    due time) or a duration after its due time (or, without one, after it was triggered). What
+    is given up is recorded with the reason.
+    """
+
+    count: int = Field(default=2, ge=0, le=1000)
     delay: Duration = Field(default=10.0, ge=0)
     backoff: Literal["exponential", "linear", "constant"] = "exponential"
     jitter: Literal["none", "full", "plus_minus"] = "plus_minus"
+    max_delay: Duration = Field(default=600.0, gt=0, description="no wait between attempts is longer than this")
+    until: Annotated[Literal["next_due"] | float | None, BeforeValidator(_until_value)] = None
 
 
 class CronScheduleSpec(Spec):
@@ -543,6 +582,12 @@ class TaskSpec(Spec):
     def timezone(self) -> str:
         """The time zone the task's times are shown and rendered in."""
         return self.schedule.timezone if isinstance(self.schedule, CronScheduleSpec) else "UTC"
+
+    @model_validator(mode="after")
+    def _until_next_due_needs_a_schedule(self) -> TaskSpec:
+        if self.retries.until == "next_due" and self.schedule is None:
+            raise ValueError("`retries.until: next_due` needs a `schedule` (use a duration, e.g. `until: 10m`)")
+        return self
 
     @model_validator(mode="after")
     def _on_upstream_needs_upstream(self) -> TaskSpec:

@@ -64,6 +64,20 @@ def analyze(source: str) -> TemplateNames:
     )
 
 
+def event_payload_fields(source: str) -> list[str]:
+    """The `event.payload.<field>` names a template reads (to ask a person for a sample event)."""
+    try:
+        ast = _ENV.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return []
+    found: set[str] = set()
+    for node in ast.find_all(nodes.Getattr):
+        inner = node.node
+        if isinstance(inner, nodes.Getattr) and inner.attr == "payload" and isinstance(inner.node, nodes.Name) and inner.node.name == "event":
+            found.add(node.attr)
+    return sorted(found)
+
+
 @functools.lru_cache(maxsize=4096)
 def _compiled(source: str) -> jinja2.Template:
     """Compiling costs far more than rendering; a batch renders one template per item."""

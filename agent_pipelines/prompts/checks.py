@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 
-from agent_pipelines.catalog.model import AgentSpecBase, ChecksSpec, JudgeSpec
-from resources.agent_resource import AgentConnection, AgentResource
-from resources.agents.base import AgentCallError, AgentRequest, SessionState
+from agent_pipelines.agents.base import AgentCallError, AgentRequest, SessionState
+from agent_pipelines.agents.pool import AgentPool
+from agent_pipelines.catalog.model import ChecksSpec, JudgeSpec
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n```\s*$", re.DOTALL)
 
@@ -82,9 +80,8 @@ def judge_prompt(spec: JudgeSpec, judged: Judged) -> str:
     )
 
 
-async def run_judge(spec: JudgeSpec, connection: AgentConnection | AgentCallError, judged: Judged, timeout_s: float) -> CheckOutcome:
-    if isinstance(connection, AgentCallError):
-        return CheckOutcome("judge", False, f"judge agent unusable: {connection.describe()}")
+async def judge_verdict(spec: JudgeSpec, pool: AgentPool, timeout_s: float, judged: Judged) -> CheckOutcome:
+    """Ask the evaluator agent for a score; any failure is a failed check that says why."""
     key = f"{judged.key}:judge"
     request = AgentRequest(
         prompt=judge_prompt(spec, judged),
@@ -94,7 +91,7 @@ async def run_judge(spec: JudgeSpec, connection: AgentConnection | AgentCallErro
         task="judge",
     )
     try:
-        response = await connection.invoke(request)
+        response = await pool.connection(spec.agent).invoke(request)
     except AgentCallError as error:
         return CheckOutcome("judge", False, f"judge call failed: {error.describe()}")
     try:
@@ -104,32 +101,3 @@ async def run_judge(spec: JudgeSpec, connection: AgentConnection | AgentCallErro
         return CheckOutcome("judge", False, f"judge answer unreadable ({exc!r}): {response.output[:200]}")
     reason = str(verdict.get("reason", ""))[:300] if isinstance(verdict, Mapping) else ""
     return CheckOutcome("judge", score >= spec.pass_threshold, f"score {score:.2f} (threshold {spec.pass_threshold}): {reason}", score)
-
-
-def evaluate_all(
-    items: Sequence[tuple[ChecksSpec, Judged]], judge_agents: Mapping[str, AgentSpecBase]
-) -> list[list[CheckOutcome]]:
-    """Every check of every output; judge calls go out concurrently, one client per judge."""
-    results = [local_checks(spec, judged) for spec, judged in items]
-    needs_judge = [i for i, (spec, _) in enumerate(items) if spec.judge is not None]
-    if not needs_judge:
-        return results
-
-    async def judge_everything() -> list[CheckOutcome]:
-        async with contextlib.AsyncExitStack() as stack:
-            connections: dict[str, AgentConnection | AgentCallError] = {}
-            for name in {items[i][0].judge.agent for i in needs_judge}:  # type: ignore[union-attr]
-                try:
-                    connections[name] = await stack.enter_async_context(AgentResource.from_spec(judge_agents[name]).connect())
-                except AgentCallError as error:
-                    connections[name] = error
-            calls = []
-            for i in needs_judge:
-                spec, judged = items[i]
-                assert spec.judge is not None
-                calls.append(run_judge(spec.judge, connections[spec.judge.agent], judged, judge_agents[spec.judge.agent].timeout))
-            return list(await asyncio.gather(*calls))
-
-    for i, outcome in zip(needs_judge, asyncio.run(judge_everything()), strict=True):
-        results[i].append(outcome)
-    return results

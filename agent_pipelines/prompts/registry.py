@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from agent_pipelines.store import StateStore, schema
-from agent_pipelines.store.store import _aware, utcnow
+from agent_pipelines.store.base import aware as _aware, utcnow
 
 if TYPE_CHECKING:
     from agent_pipelines.catalog.loader import Catalog

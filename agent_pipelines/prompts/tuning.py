@@ -14,7 +14,6 @@ At most `max_proposals_per_day` proposals per task: the loop can never run away.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import math
@@ -25,12 +24,15 @@ from typing import Any
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.catalog.templates import BUILTIN_VARIABLES, TemplateProblem, analyze
+from agent_pipelines.agents.pool import AgentPool
+from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.checks import parse_json_output
+from agent_pipelines.scheduling import event_loop
 from agent_pipelines.prompts.effective import registry_version, with_version
 from agent_pipelines.prompts.registry import PromptRegistry, PromptVersion, catalog_parameters
-from resources.agent_resource import AgentResource
-from resources.agents.base import TRANSIENT_KINDS, AgentCallError, AgentRequest, SessionState
+from agent_pipelines.agents.base import TRANSIENT_KINDS, AgentCallError, AgentRequest, SessionState
 
+TUNING_JOB = "prompt_tuning_job"
 #: Failing outputs shown to the tuner.
 FAILING_SAMPLES = 5
 
@@ -48,30 +50,36 @@ def pass_rate(runs: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 class Tuner:
+    """Reads every task's whole evaluation history and full outputs from the store."""
+
     def __init__(
         self,
         catalog: Catalog,
         registry: PromptRegistry,
         *,
-        outputs_for: Callable[[str, Sequence[str]], Mapping[str, str]] = lambda _task, _keys: {},
+        pool_factory: Callable[[Mapping[str, Any]], AgentPool] = AgentPool,
         actor: str = "tuner",
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     ) -> None:
         self.catalog = catalog
         self.registry = registry
-        self.outputs_for = outputs_for  # task, idempotency keys -> outputs (from materializations)
+        self.pool_factory = pool_factory
         self.actor = actor
         self.now = now
+
+    def outputs_for(self, keys: Sequence[str]) -> dict[str, str]:
+        results = self.registry.store.results(list(keys))
+        return {key: result.output for key, result in results.items() if result.output is not None}
 
     def run(self, tasks: Sequence[str] | None = None) -> list[Decision]:
         names = tasks or [n for n, t in self.catalog.regular_tasks.items() if t.tuning is not None]
         return [self.tune(name) for name in names if self.catalog.tasks[name].tuning is not None]
 
     def tune(self, name: str) -> Decision:
-        task = self.catalog.tasks[name]
+        # What runs now: the registry's active version applied to the catalog's task.
+        task, active_version = PromptChooser(self.catalog, self.registry, [name]).active(self.catalog.tasks[name])
         assert task.tuning is not None
         stats = self.registry.executions_by_version(name, limit=max(task.tuning.window, task.tuning.min_runs) * 10)
-        active_version = self.catalog.prompt_versions[name]
         active_runs = stats.get(active_version, [])[: task.tuning.window]
         candidate = self.registry.candidate(name)
         if candidate is not None and candidate.base_version != self.catalog.base_versions[name]:
@@ -126,7 +134,7 @@ class Tuner:
         if self.registry.proposals_since(name, since) >= tuning.max_proposals_per_day:
             return Decision(name, "skipped", active_version, {"reason": f"{tuning.max_proposals_per_day} proposals in the last 24 h already"})
         failing = [r for r in active_runs if not r["passed"]][:FAILING_SAMPLES]
-        outputs = self.outputs_for(name, [r["key"] for r in failing])
+        outputs = self.outputs_for([r["key"] for r in failing])
         best = sorted(
             ((v, pass_rate(runs) or 0.0) for v, runs in stats.items() if v != active_version and runs),
             key=lambda item: -item[1],
@@ -142,7 +150,7 @@ class Tuner:
         parameters = self._parameters(task) if tuning.tune_parameters else catalog_parameters(task)
         proposed = task.model_copy(update={"prompt": prompt})
         proposed = with_version(proposed, _as_version(proposed, parameters))
-        version = registry_version(proposed, self.catalog.agents[task.agent], task)
+        version = registry_version(proposed, self.catalog.agents[task.agent], self.catalog.tasks[name])
         if self.registry.get(name, version) is not None:
             return Decision(name, "skipped", version, {"reason": "the tuner proposed a version that exists already"})
         candidate = self.registry.register(
@@ -199,14 +207,14 @@ class Tuner:
         key = f"agent-pipelines:{task.name}:tuning:{version}:{self.now().strftime('%Y%m%dT%H%M%S')}"
 
         async def ask() -> str:
-            async with AgentResource.from_spec(agent).connect() as connection:
-                response = await connection.invoke(
+            async with self.pool_factory({agent.name: agent}) as pool:
+                response = await pool.connection(agent.name).invoke(
                     AgentRequest(prompt=text, idempotency_key=key, session=SessionState("isolated", key), timeout_s=agent.timeout, task=f"{task.name}:tuner")
                 )
                 return response.output
 
         try:
-            output = asyncio.run(ask())
+            output = event_loop.run(ask())
         except AgentCallError as error:
             return f"tuner agent failed: {error.describe()}"
         try:

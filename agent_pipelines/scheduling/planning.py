@@ -1,28 +1,31 @@
-"""Planning time-triggered work: which tasks are due when, and which runs carry them.
+"""Which tasks are due when, and which runs carry them.
 
-Time is cut into windows of `WINDOW` (aligned to the epoch). Each window's due tasks travel in
-a few *window runs* (at most `MAX_GROUPS_PER_WINDOW_RUN` ops each) created well ahead by
-`task_scheduler_sensor`; their dispatcher sends each execution at its due time. Due times are
-found with a heap that only moves forward, so a tick with 10,000 tasks costs only the tasks
-that fall due, not a cron evaluation per task.
+Time is cut into windows of `WINDOW` (aligned to the epoch). Each window's due tasks travel in a
+few *window runs* created well ahead by `task_scheduler_sensor`; their dispatcher sends each
+execution at its due time. A workflow (tasks joined by `depends_on`) always travels whole in one
+run, so a downstream task can follow its upstream at once; otherwise tasks are grouped by agent,
+at most `MAX_TASKS_PER_RUN` per run. Due times are found with a heap that only moves forward, so
+a tick with 10,000 tasks costs only the tasks that fall due, not a cron evaluation per task.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import heapq
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
-from agent_pipelines.timing import UTC, due_times, format_due
+from agent_pipelines.scheduling.retries import worst_case_seconds
+from agent_pipelines.scheduling.timing import UTC, due_times, format_due
 
 WINDOW = dt.timedelta(seconds=60)
 #: Window runs are requested this far ahead: sensor tick (5 s) + queue + run start + code load.
 LEAD = dt.timedelta(seconds=75)
-MAX_GROUPS_PER_WINDOW_RUN = 10
-#: Start-up, materialization and slack on top of a run's agent calls (see `max_runtime_seconds`).
+MAX_TASKS_PER_RUN = 2000
+#: Start-up and slack on top of a run's window and its slowest execution (`max_runtime_seconds`).
 RUN_OVERHEAD_S = 300
 _LOOKAHEAD = dt.timedelta(days=366)
 
@@ -34,11 +37,15 @@ def window_floor(moment: dt.datetime) -> dt.datetime:
 
 
 def timed_tasks(catalog: Catalog) -> list[TaskSpec]:
-    return [t for t in catalog.tasks.values() if t.schedule is not None and t.enabled]
+    return [t for t in catalog.regular_tasks.values() if t.schedule is not None and t.enabled]
+
+
+def listener_tasks(catalog: Catalog) -> list[TaskSpec]:
+    return [t for t in catalog.regular_tasks.values() if t.events and t.enabled]
 
 
 class DueIndex:
-    """Every due time of the catalog's timed tasks from `position` on, in order."""
+    """Every due time of the given tasks from `position` on, in order."""
 
     def __init__(self, tasks: Iterable[TaskSpec], position: dt.datetime) -> None:
         self.position = position
@@ -80,44 +87,53 @@ def due_index(catalog: Catalog, purpose: str, position: dt.datetime) -> DueIndex
     return index
 
 
-def downstream_in_run(catalog: Catalog, names: Iterable[str]) -> list[str]:
-    """The tasks plus, transitively, their dependents that have no trigger of their own."""
+def followers_in_run(catalog: Catalog, names: Iterable[str]) -> list[str]:
+    """The tasks plus, transitively, the downstream tasks that follow them in the same run:
+    those without a trigger of their own, and those with `on_upstream: true`."""
     selection = list(dict.fromkeys(names))
     frontier = list(selection)
     while frontier:
         current = frontier.pop()
         for child in catalog.downstream_of(current):
             task = catalog.tasks[child]
-            # Tasks with their own trigger (schedule, events, `on_upstream`) run in their own runs.
-            if task.schedule is None and not task.events and not task.on_upstream and child not in selection:
+            own_trigger = task.schedule is not None or bool(task.events)
+            if (task.on_upstream or not own_trigger) and task.enabled and child not in selection:
                 selection.append(child)
                 frontier.append(child)
     return selection
 
 
-def worst_case_seconds(catalog: Catalog, task: TaskSpec) -> float:
-    """How long one execution of `task` can take: every attempt timing out, every retry delay
-    at its longest (jitter may add up to the delay itself)."""
-    agent = catalog.agents.get(task.agent)
-    timeout = task.timeout or (agent.timeout if agent is not None else 120.0)
-    retry = task.retries
-    growth = {"exponential": lambda i: 2**i, "linear": lambda i: i + 1, "constant": lambda i: 1}[retry.backoff]
-    delays = sum(retry.delay * growth(i) * 2 for i in range(retry.count))
-    return timeout * (retry.count + 1) + delays
+def units(catalog: Catalog) -> dict[str, str]:
+    """Task -> the unit it travels in: its workflow (connected through `depends_on`), or itself."""
+    parent = {name: name for name in catalog.regular_tasks}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for task in catalog.regular_tasks.values():
+        for dep in task.depends_on:
+            if dep in parent:
+                parent[root(dep)] = root(task.name)
+    return {name: root(name) for name in parent}
 
 
-def max_runtime_seconds(catalog: Catalog, unit_of: Mapping[str, str], names: Iterable[str], before: float) -> int:
-    """A `dagster/max_runtime` for a run of these tasks that starts up to `before` seconds early.
+def max_runtime_seconds(catalog: Catalog, names: Iterable[str], window_s: float) -> int:
+    """A `dagster/max_runtime` for a run carrying these tasks over a window of `window_s`.
 
     Run monitoring fails a run that exceeds it: with Dagster's default launcher that is how a
-    run killed with its machine stops showing STARTED. Steps run one after another, each unit's
-    slowest task bounding its step.
+    run killed with its machine stops showing STARTED. Executions run concurrently, so the
+    slowest one (all its attempts) bounds the tail after the window.
     """
-    slowest: dict[str, float] = {}
+    slowest = 0.0
     for name in names:
-        unit = unit_of.get(name, name)
-        slowest[unit] = max(slowest.get(unit, 0.0), worst_case_seconds(catalog, catalog.tasks[name]))
-    return int(before + sum(slowest.values()) + RUN_OVERHEAD_S)
+        task = catalog.tasks[name]
+        agent = catalog.agents.get(task.agent or "")
+        timeout = task.timeout or (agent.timeout if agent is not None else 120.0)
+        slowest = max(slowest, worst_case_seconds(task, timeout))
+    return int(window_s + slowest + RUN_OVERHEAD_S)
 
 
 @dataclass(frozen=True)
@@ -126,27 +142,18 @@ class WindowRun:
     tasks: tuple[str, ...]
 
 
-def window_runs(
-    catalog: Catalog,
-    unit_of: Mapping[str, str],
-    window_start: dt.datetime,
-    due_task_names: Iterable[str],
-    listeners: Iterable[str],
-) -> list[WindowRun]:
-    """Split a window's tasks into runs of at most `MAX_GROUPS_PER_WINDOW_RUN` units.
-
-    A unit is one shared op, or a whole workflow, which must stay in one run so that its
-    downstream steps see their upstream outputs.
-    """
-    names = downstream_in_run(catalog, due_task_names)
-    names += [n for n in listeners if n not in names]
-    by_unit: dict[str, list[str]] = {}
+def window_runs(catalog: Catalog, window_start: dt.datetime, due: Iterable[str], listeners: Iterable[str]) -> list[WindowRun]:
+    """Split a window's tasks into runs: whole workflows, grouped by agent, bounded in size."""
+    names = followers_in_run(catalog, [*due, *listeners])
+    unit_of = units(catalog)
+    members: dict[str, list[str]] = defaultdict(list)
     for name in names:
-        by_unit.setdefault(unit_of[name], []).append(name)
-    units = sorted(by_unit)
-    runs = []
-    for index in range(0, len(units), MAX_GROUPS_PER_WINDOW_RUN):
-        chunk = units[index : index + MAX_GROUPS_PER_WINDOW_RUN]
-        tasks = tuple(name for unit in chunk for name in by_unit[unit])
-        runs.append(WindowRun(f"window:{format_due(window_start)}:{index // MAX_GROUPS_PER_WINDOW_RUN}", tasks))
-    return runs
+        members[unit_of.get(name, name)].append(name)
+    ordered = sorted(members.values(), key=lambda group: (catalog.tasks[group[0]].agent or "", group[0]))
+    runs: list[list[str]] = [[]]
+    for group in ordered:
+        if runs[-1] and len(runs[-1]) + len(group) > MAX_TASKS_PER_RUN:
+            runs.append([])
+        runs[-1].extend(group)
+    stamp = format_due(window_start)
+    return [WindowRun(f"window:{stamp}:{index}", tuple(tasks)) for index, tasks in enumerate(runs) if tasks]

@@ -21,34 +21,88 @@ executions = sa.Table(
     sa.Column("idempotency_key", sa.String(255), primary_key=True),
     sa.Column("task", sa.String(128), nullable=False),
     sa.Column("agent", sa.String(128), nullable=False),
-    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),  # the run carrying it now ('' = none)
     sa.Column("trigger", sa.String(32), nullable=False),
     sa.Column("due_time", sa.DateTime(timezone=True)),
     sa.Column("prompt_version", sa.String(64)),
-    # claimed -> running -> succeeded | failed; missed (a misfire the policy skipped);
-    # catchup (a misfire reserved for a catch-up run). A running row whose run died (its
-    # heartbeat stopped) fails with failure_kind "interrupted", outcome unknown.
+    # See agent_pipelines.scheduling.status: claimed -> sending -> succeeded | failed | unknown,
+    # with retrying between attempts; not_sent, missed, skipped and catchup never sent anything.
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("outcome", sa.String(16)),  # ok | failed | unknown (the agent may have acted)
-    sa.Column("failure_kind", sa.String(32)),  # resources.agents.base.FailureKind
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failure_kind", sa.String(32)),  # agent_pipelines.agents.base.FailureKind
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),  # attempts that may have left
     sa.Column("error", sa.Text),
+    sa.Column("reason", sa.Text),  # why it has this status, in words (missed: when the platform was down, ...)
     sa.Column("latency_ms", sa.Float),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     # when the request left for the agent, and how long after its due time
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Column("lateness_ms", sa.Float),
+    sa.Column("answered_at", sa.DateTime(timezone=True)),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),  # status retrying: when to try again
+    sa.Column("deadline", sa.DateTime(timezone=True)),  # no attempt starts after this
+    sa.Column("published_at", sa.DateTime(timezone=True)),  # reported to Dagster
+    sa.Column("upstream", sa.Text),  # JSON {task: idempotency key} of the upstream outputs it read
     sa.Index("ix_agent_pipelines_executions_task_created", "task", "created_at"),
     sa.Index("ix_agent_pipelines_executions_run", "run_id"),
     sa.Index("ix_agent_pipelines_executions_task_due", "task", "due_time"),
     sa.Index("ix_agent_pipelines_executions_status", "status"),
 )
 
+results = sa.Table(
+    "agent_pipelines_results",
+    metadata,
+    # What an execution sent and got back, in full (Dagster metadata keeps a preview).
+    sa.Column("idempotency_key", sa.String(255), primary_key=True),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("prompt", sa.Text),
+    sa.Column("system", sa.Text),
+    sa.Column("output", sa.Text),
+    sa.Column("model", sa.String(255)),
+    sa.Column("session_id", sa.String(255)),
+    sa.Column("tokens_in", sa.Integer),
+    sa.Column("tokens_out", sa.Integer),
+    sa.Column("details", sa.Text),  # JSON: the agent's response metadata
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_pipelines_results_task_created", "task", "created_at"),
+)
+
+session_leases = sa.Table(
+    "agent_pipelines_session_leases",
+    metadata,
+    # One turn at a time per `session: task` conversation, across processes.
+    sa.Column("session_key", sa.String(255), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),  # the execution taking its turn
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=False),
+)
+
+agent_health = sa.Table(
+    "agent_pipelines_agent_health",
+    metadata,
+    # Agents that keep refusing connections or credentials are left alone and probed instead.
+    sa.Column("agent", sa.String(128), primary_key=True),
+    sa.Column("healthy", sa.Boolean, nullable=False),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("unhealthy_since", sa.DateTime(timezone=True)),
+    sa.Column("next_probe_at", sa.DateTime(timezone=True)),
+    sa.Column("probe_interval_s", sa.Float),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+task_registry = sa.Table(
+    "agent_pipelines_task_registry",
+    metadata,
+    # When the platform first knew each task: due times before that are never "missed".
+    sa.Column("task", sa.String(128), primary_key=True),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 run_heartbeats = sa.Table(
     "agent_pipelines_run_heartbeats",
     metadata,
-    # Refreshed every few seconds by each live run that executes tasks (agent_pipelines.heartbeat).
+    # Refreshed every few seconds by each live run that executes tasks (agent_pipelines.scheduling.heartbeat).
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -1,0 +1,86 @@
+"""The database under agent_pipelines' tables: engine, dialect helpers and small conversions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+STATE_DB_FILENAME = "agent_pipelines.db"
+#: Keys per statement in `IN (...)` lists and bulk updates (SQLite allows 32,766 parameters).
+CHUNK = 500
+T = TypeVar("T")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def json_or_none(value: str | None) -> Any:
+    return json.loads(value) if value else None
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Dagster's `postgresql://` URLs mean psycopg2 (installed with dagster-postgres), while
+    SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+def url_for_instance(instance: DagsterInstance) -> str:
+    """The instance's PostgreSQL database when it has one, else a SQLite file in DAGSTER_HOME."""
+    postgres_url = getattr(instance.run_storage, "postgres_url", None)
+    if postgres_url:
+        return postgres_url
+    return f"sqlite:///{Path(instance.root_directory) / STATE_DB_FILENAME}"
+
+
+def create_engine(url: str) -> sa.Engine:
+    url = sqlalchemy_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            # WAL lets the webserver read while run workers write; busy_timeout rides out the
+            # short write locks taken by concurrent runs instead of failing them.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+class StoreBase:
+    """What every group of tables needs: the engine and the dialect's upsert."""
+
+    engine: sa.Engine
+
+    def _insert(self, table: sa.Table) -> Any:
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table)
