@@ -423,7 +423,7 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
     the others keep running. Ctrl-C stops everything within seconds.
     """
     from agent_pipelines.instance import ensure_instance, write_workspace
-    from agent_pipelines.supervisor import Part, Supervisor, settle_unfinished_runs
+    from agent_pipelines.supervisor import Part, Supervisor, cancel_started_runs, settle_unfinished_runs
 
     home = ensure_instance()
     env = dict(os.environ, DAGSTER_HOME=str(home))
@@ -457,7 +457,12 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
     if demo_agent:
         parts.insert(0, part("demo agent", str(bin_dir / "agent-pipelines"), "demo-agent", "--port", str(demo_agent_port)))
     click.echo(f"Dagster UI: http://{host}:{port}  (Ctrl-C stops everything)")
-    supervisor = Supervisor(parts, say=lambda text: click.echo(f"agent-pipelines: {text}"), on_stopped=lambda: settle_unfinished_runs(home))
+    supervisor = Supervisor(
+        parts,
+        say=lambda text: click.echo(f"agent-pipelines: {text}"),
+        on_stopping=lambda: cancel_started_runs(home),
+        on_stopped=lambda: settle_unfinished_runs(home),
+    )
     sys.exit(supervisor.run())
 
 

@@ -61,6 +61,7 @@ class Supervisor:
     parts: list[Part]
     say: Callable[[str], None] = print
     backoff_s: Sequence[float] = BACKOFF_S
+    on_stopping: Callable[[], None] = lambda: None
     on_stopped: Callable[[], None] = lambda: None
     _stopping: bool = field(default=False, init=False)
 
@@ -102,6 +103,10 @@ class Supervisor:
 
     def stop(self) -> None:
         self.say("stopping...")
+        try:
+            self.on_stopping()
+        except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
+            self.say(f"could not prepare the runs for the stop: {exc!r}")
         for part in self.parts:
             part.signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
@@ -114,6 +119,16 @@ class Supervisor:
             part.signal(signal.SIGKILL)  # whatever outlived the grace period, run workers included
         self.on_stopped()
         self.say("stopped")
+
+
+def cancel_started_runs(home: Path) -> None:
+    """Mark the instance's running runs as being cancelled, so that the SIGTERM their workers
+    get next ends them as cancelled (a termination someone asked for), not as crashes."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+            instance.report_run_canceling(run, message="agent_pipelines: the platform is stopping")
 
 
 def settle_unfinished_runs(home: Path, why: str = "the platform was stopped") -> int:

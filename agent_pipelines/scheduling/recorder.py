@@ -180,7 +180,8 @@ class Recorder:
                     closing = True
                 else:
                     batch.append(item)
-                if closing or len(batch) >= MAX_BATCH:
+                # A mark is waited for by requests about to leave: write it at once.
+                if closing or len(batch) >= MAX_BATCH or isinstance(item, Mark):
                     break
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
