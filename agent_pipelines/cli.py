@@ -444,8 +444,11 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
         click.echo(f"failed {settled} run(s) left unfinished by the last stop")
     workspace = write_workspace(home, host="127.0.0.1", port=code_server_port)
 
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+
     def part(name: str, *argv: str) -> Part:
-        return Part(name=name, argv=list(argv), env=env, cwd=project)
+        return Part(name=name, argv=list(argv), env=env, cwd=project, log=logs / f"{name.replace(' ', '-')}.log")
 
     parts = [
         part("code server", str(bin_dir / "dagster"), "code-server", "start", "-m", "agent_pipelines.definitions",
@@ -457,6 +460,7 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
     if demo_agent:
         parts.insert(0, part("demo agent", str(bin_dir / "agent-pipelines"), "demo-agent", "--port", str(demo_agent_port)))
     click.echo(f"Dagster UI: http://{host}:{port}  (Ctrl-C stops everything)")
+    click.echo(f"event ingress: http://{host}:{ingress_port}/events/<source>; logs of every part (runs too, in daemon.log): {logs}")
     supervisor = Supervisor(
         parts,
         say=lambda text: click.echo(f"agent-pipelines: {text}"),
