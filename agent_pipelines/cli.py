@@ -444,7 +444,7 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
         click.echo(f"failed {settled} run(s) left unfinished by the last stop")
     workspace = write_workspace(home, host="127.0.0.1", port=code_server_port)
 
-    logs = home / "logs"
+    logs = home / "platform-logs"  # (Dagster keeps its own `logs` folder for telemetry)
     logs.mkdir(exist_ok=True)
 
     def part(name: str, *argv: str) -> Part:
