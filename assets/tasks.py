@@ -23,6 +23,7 @@ from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.catalog.templates import event_payload_fields
 from agent_pipelines.grouping import TaskGroup, Workflow, find_workflows, group_tasks
+from agent_pipelines.prompts.reevaluation import reevaluate
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
 from agent_pipelines.scheduling.plans import manual_plan
 from agent_pipelines.scheduling.publication import SUCCEEDED_CHECK
@@ -138,7 +139,10 @@ def build_task_group_asset(catalog: Catalog, group: TaskGroup) -> dg.AssetsDefin
     )
     def _run_tasks(context: dg.AssetExecutionContext, store: StoreResource, agents: AgentsResource) -> Iterator[Any]:
         selected = [catalog.tasks[n] for n in group.tasks if dg.AssetKey(n) in context.selected_asset_keys]
-        yield from _ManualStep(context, catalog, store.for_instance(context.instance), agents).run(selected)
+        step = _ManualStep(context, catalog, store.for_instance(context.instance), agents)
+        yield from step.checks_alone()
+        if selected:
+            yield from step.run(selected)
 
     return _run_tasks
 
@@ -156,6 +160,25 @@ class _ManualStep:
         self.agents = agents
         self.dagster_run = context.run
         self.config: Mapping[str, Any] = context.op_execution_context.op_config or {}
+
+    def checks_alone(self) -> Iterator[dg.AssetCheckResult]:
+        """Checks selected without their asset (the UI's "Execute" on a check): evaluated again
+        on the task's latest recorded execution, without calling its agent."""
+        selected_assets = set(self.context.selected_asset_keys)
+        by_task: dict[str, list[str]] = {}
+        for key in self.context.selected_asset_check_keys:
+            if key.asset_key not in selected_assets:
+                by_task.setdefault(key.asset_key.to_user_string(), []).append(key.name)
+        for name, checks in by_task.items():
+            for outcome in reevaluate(self.catalog, self.store, self.catalog.tasks[name], checks, self.agents.pool):
+                yield dg.AssetCheckResult(
+                    asset_key=name,
+                    check_name=outcome.name,
+                    passed=outcome.passed,
+                    severity=dg.AssetCheckSeverity.ERROR if outcome.name == SUCCEEDED_CHECK else dg.AssetCheckSeverity.WARN,
+                    description=outcome.details[:1000],
+                    metadata={"evaluated": dg.MetadataValue.text("again, on the latest recorded execution")},
+                )
 
     def run(self, selected: list[TaskSpec]) -> Iterator[Any]:
         self._tag_run(selected)
