@@ -51,7 +51,9 @@ def carry(
     plan: Plan,
     variables_for: Callable[[str], Mapping[str, Any]] = lambda _task: {},
 ) -> DagsterEvents:
-    """Run `plan` and yield each execution's Dagster events as it is recorded."""
+    """Run `plan` and yield each execution's Dagster events as it is recorded. In a manual run
+    every selected check is answered; in the platform's runs a success after a success adds no
+    `succeeded` evaluation (the latest one already says it)."""
 
     def make(publish: Callable[..., None]) -> Dispatcher:
         return Dispatcher(
@@ -62,6 +64,7 @@ def carry(
             log=context.log,
             pool_factory=agents.pool,
             variables_for=variables_for,
+            every_success=plan.follow == "manual",
         )
 
     with Carrier(store, context.run_id, context.log, make) as carrier:

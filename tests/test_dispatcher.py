@@ -197,9 +197,7 @@ def test_an_outage_shorter_than_the_deadline_loses_nothing_and_a_longer_one_says
     demo_agent.push_faults([{"status": 503}] * 2)  # a 40 s outage: 20 s + 20 s, then up
     plan = window_plan(catalog, store, due, due + dt.timedelta(seconds=1), ["bounded"], clock.now())
     running = Running(dispatcher, plan)
-    for offset in (0, 20, 40):
-        clock.set(due.timestamp() + offset)
-        _wait_for(lambda o=offset: len(demo_agent.requests()) == o // 20 + 1)
+    _advance_through_retries(clock, store, demo_agent, _key("bounded", due), due, attempts=3)
     running.join()
     assert store.get_execution(_key("bounded", due)).status == "succeeded"
 
@@ -209,9 +207,7 @@ def test_an_outage_shorter_than_the_deadline_loses_nothing_and_a_longer_one_says
     demo_agent.push_faults([{"status": 503}] * 5)  # down for longer than until the next due time
     dispatcher, _ = _dispatcher(catalog, store, clock, run_id="run-2")
     running = Running(dispatcher, window_plan(catalog, store, later, later + dt.timedelta(seconds=1), ["bounded"], clock.now()))
-    for offset in (0, 20, 40):
-        clock.set(later.timestamp() + offset)
-        _wait_for(lambda o=offset: len(demo_agent.requests()) == o // 20 + 1)
+    _advance_through_retries(clock, store, demo_agent, _key("bounded", later), later, attempts=3)
     running.join()
     gave_up = store.get_execution(_key("bounded", later))
     assert gave_up.status == "failed" and "deadline" in gave_up.reason
@@ -385,6 +381,17 @@ def test_window_runs_publish_each_result_and_stay_green_when_a_task_fails(catalo
     assert store.unpublished(dt.datetime.now(UTC) + dt.timedelta(seconds=1)) == [], "every result reached Dagster"
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([dg.AssetCheckKey(dg.AssetKey("tick"), "succeeded")])
     assert latest, "the check's latest evaluation is in the instance"
+
+
+def _advance_through_retries(clock: ManualClock, store: StateStore, agent, key: str, due: dt.datetime, attempts: int) -> None:
+    """Move the virtual clock to each attempt's time once the one before has been recorded."""
+    clock.set(due.timestamp())
+    for attempt in range(1, attempts + 1):
+        _wait_for(lambda a=attempt: len(agent.requests()) == a)
+        if attempt == attempts:
+            return
+        _wait_for(lambda: (e := store.get_execution(key)) is not None and e.status == "retrying" and e.attempts == attempt)
+        clock.set(store.get_execution(key).next_attempt_at.timestamp())
 
 
 def _key(task: str, due: dt.datetime) -> str:

@@ -118,6 +118,7 @@ class Dispatcher:
         variables_for: Callable[[str], Mapping[str, Any]] = lambda _task: {},
         pool_factory: Callable[[Mapping[str, Any]], AgentPool] = AgentPool,
         chooser: PromptChooser | None = None,
+        every_success: bool = True,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -130,7 +131,9 @@ class Dispatcher:
         self.health = HealthGate(
             catalog, store, clock, self.log, on_change=lambda h: publish(Publication(key="", task="", events=(health_check(h),)))
         )
-        self.recorder = Recorder(catalog=catalog, store=store, run_id=run_id, health=self.health, publish=publish, log=self.log)
+        self.recorder = Recorder(
+            catalog=catalog, store=store, run_id=run_id, health=self.health, publish=publish, log=self.log, every_success=every_success
+        )
         self.summary = Summary()
         self._heap: list[tuple[float, int, WorkItem]] = []
         self._order = itertools.count()
@@ -206,6 +209,8 @@ class Dispatcher:
         self.marker = AttemptMarker(self.recorder, self.clock)
         self.turns = TurnGate(self.store, self.clock)
         self.health.refresh(force=True)
+        if not self.recorder.every_success:
+            self.recorder.known_outcomes(self.store.latest_outcomes(sorted(carried)))
         self._paused, self._paused_at = self.store.paused_tasks(), self.clock.time()
 
     def _follower_map(self, plan: Plan) -> dict[str, list[TaskSpec]]:

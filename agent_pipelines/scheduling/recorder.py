@@ -128,6 +128,7 @@ class Recorder:
         health: HealthGate,
         publish: Callable[[Publication], None],
         log: logging.Logger | Any,
+        every_success: bool = True,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -136,10 +137,18 @@ class Recorder:
         self.publish = publish
         self.log = log
         self.registry = PromptRegistry(store)
+        #: report every success as a `succeeded` evaluation (manual runs), or only one that
+        #: follows something else (the platform's runs: see `publication_for`)
+        self.every_success = every_success
+        self._last_ok: dict[str, bool] = {}
         self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name="agent-pipelines-recorder", daemon=True)
         self._started = False
         self.recorded = 0
+
+    def known_outcomes(self, outcomes: dict[str, bool]) -> None:
+        """Whether each task's latest execution before this run succeeded."""
+        self._last_ok.update(outcomes)
 
     def submit(self, finished: Finished, checks: Sequence[CheckOutcome] = ()) -> None:
         """Never blocks; safe from any thread."""
@@ -254,7 +263,12 @@ class Recorder:
             self._conversation(finished)
         if finished.ok and checks:
             self.registry.record_evaluations(evaluation_rows(finished, checks, self.run_id))
-        self.publish(publication_for(self.catalog, finished, checks, self.run_id))
+        report_success = self.every_success or not self._last_ok.get(task.name, False)
+        if finished.status != status.RETRYING or finished.attempt is None:
+            self._last_ok[task.name] = finished.status == status.SUCCEEDED
+        else:
+            self._last_ok[task.name] = False
+        self.publish(publication_for(self.catalog, finished, checks, self.run_id, report_success))
 
     def _conversation(self, finished: Finished) -> None:
         attempt = finished.attempt

@@ -473,6 +473,26 @@ class ExecutionRecords(StoreBase):
                 found.update({row.idempotency_key: row.status for row in rows})
         return found
 
+    def latest_outcomes(self, tasks: Sequence[str]) -> dict[str, bool]:
+        """Whether each task's most recent finished execution succeeded."""
+        table = schema.executions
+        finished = [status.SUCCEEDED, status.FAILED, status.UNKNOWN, status.SKIPPED, status.NOT_SENT]
+        newest = (
+            sa.select(table.c.task, sa.func.max(table.c.updated_at).label("at"))
+            .where(table.c.task.in_(sa.bindparam("tasks", expanding=True)), table.c.status.in_(finished))
+            .group_by(table.c.task)
+            .subquery()
+        )
+        statement = sa.select(table.c.task, table.c.status).join(
+            newest, sa.and_(table.c.task == newest.c.task, table.c.updated_at == newest.c.at)
+        )
+        found: dict[str, bool] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(list(tasks)):
+                for row in conn.execute(statement, {"tasks": list(part)}):
+                    found[row.task] = row.status == status.SUCCEEDED
+        return found
+
     def latest_success(self, task: str, run_id: str | None = None) -> Execution | None:
         """The newest succeeded execution of a task (in one run, when given)."""
         table = schema.executions
