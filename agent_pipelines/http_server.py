@@ -7,14 +7,17 @@ race the startup.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
 import time
+from functools import cache
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,59 @@ def uvicorn_config(app: ASGIApp, **kwargs: Any) -> uvicorn.Config:
         "backlog": 4096,
     }
     return uvicorn.Config(app, **{**options, **kwargs})
+
+
+class HeaderDeadline:
+    """Mixed into uvicorn's HTTP protocol: a connection whose request headers have not all
+    arrived `header_timeout_s` after it opened (or after its previous response) is closed.
+
+    uvicorn has no such timeout, so a client trickling one header byte at a time (slowloris)
+    would hold a connection for ever; enough of them exhaust the server's connections.
+    """
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        # A new request replaces `cycle`; the same cycle at the deadline means no new headers.
+        cycle = getattr(self, "cycle", None)
+        loop: asyncio.AbstractEventLoop = self.loop  # type: ignore[attr-defined]
+        self._header_deadline = loop.call_later(self.header_timeout_s, self._headers_overdue, cycle)
+
+    def _disarm_header_deadline(self) -> None:
+        deadline = getattr(self, "_header_deadline", None)
+        if deadline is not None:
+            deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_overdue(self, cycle: object) -> None:
+        self._header_deadline = None
+        transport: asyncio.Transport = self.transport  # type: ignore[attr-defined]
+        if getattr(self, "cycle", None) is cycle and not transport.is_closing():
+            logger.warning("closed a connection whose request headers took over %ss", self.header_timeout_s)
+            transport.close()
+
+
+@cache
+def guarded_http_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's fastest installed HTTP protocol, with a deadline for request headers."""
+    return type(
+        f"Guarded{AutoHTTPProtocol.__name__}",
+        (HeaderDeadline, AutoHTTPProtocol),
+        {"header_timeout_s": header_timeout_s},
+    )
 
 
 def url_for(host: str, port: int) -> str:

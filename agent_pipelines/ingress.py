@@ -1,14 +1,18 @@
 """The HTTP ingress: external systems POST events here, and each accepted one is stored first.
 
-`POST /events/{source}` checks, in this order: known source (404), body size (413), the
-source's authentication (401, or 503 when the server lacks the secret), a JSON object body
-(400), an event type (400) and a usable idempotency key (400). A refusal stores nothing. An
-accepted event is committed to the `StateStore` before the 2xx goes out (202 when new, 200 for
-a repeat of a stored id), so a sender that saw a 2xx can forget the event, and a sender that saw
-anything else can retry with the same idempotency key without creating a duplicate.
+`POST /events/{source}` checks, in this order: header count and size (431), a known source and,
+for bearer sources, the token before any body is read (both 401 with the same answer, so a
+prober learns nothing about which sources exist), body size (413) and arrival time (408), an
+HMAC signature (401; 503 when the server lacks the secret), a JSON object body no deeper than
+64 levels (400), an event type (400) and a usable idempotency key (400). A refusal stores
+nothing. An accepted event is committed to the `StateStore` before the 2xx goes out (202 when
+new, 200 for a repeat of a stored id), so a sender that saw a 2xx can forget the event, and a
+sender that saw anything else can retry with the same idempotency key without a duplicate.
 
 Senders choose the idempotency key (`id_header`); the stored id is `<source>:<key>` so two
-sources can never collide. Without the header every post is a new event.
+sources can never collide. A signed request's key is bound to its signature, so a replayed
+request is always a duplicate; without any key every post is a new event. Served with
+`server_options()`, a connection must deliver its headers within 10 s, and at most 512 are open.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from starlette.routing import Route
 from agent_pipelines.catalog.loader import catalog_files, default_catalog_path, load_catalog
 from agent_pipelines.catalog.model import BearerAuthSpec, EventSourceSpec, HmacAuthSpec
 from agent_pipelines.scheduling.subscriptions import MISSING, field_at
-from agent_pipelines.http_server import uvicorn_config
+from agent_pipelines.http_server import guarded_http_protocol, uvicorn_config
 from agent_pipelines.store import StateStore, url_for_instance
 
 logger = logging.getLogger(__name__)
@@ -47,18 +51,24 @@ MAX_KEY_CHARS = 200
 MAX_EVENT_ID_CHARS = 255
 MAX_TYPE_CHARS = 255
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+#: A request's headers must arrive within this long, its body within that.
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 512
 
 Sources = Callable[[], Mapping[str, EventSourceSpec]]
 
 
 class Refusal(Exception):
-    """A request the ingress turns down: nothing is stored."""
+    """A request the ingress turns down: nothing is stored. `reason` is logged, never answered
+    (an answer must not tell a prober which part of its credentials was wrong)."""
 
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+        self.reason = reason or message
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": self.message}, status_code=self.status, headers=self.headers)
@@ -67,7 +77,7 @@ class Refusal(Exception):
 # --- checks, in the order they run -------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
     """The raw body, refused from Content-Length when declared, else counted while streaming."""
     too_large = Refusal(
         413, f"body larger than this source's limit of {limit} bytes", {"Connection": "close"}
@@ -81,13 +91,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large  # stop reading: the rest is never buffered
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large  # stop reading: the rest is never buffered
+                chunks.append(chunk)
     except ClientDisconnect:
         raise Refusal(400, "the client disconnected before sending the whole body") from None
+    except TimeoutError:
+        raise Refusal(408, f"the body did not arrive within {timeout_s:g} s", {"Connection": "close"}) from None
     return b"".join(chunks)
 
 
@@ -102,42 +115,89 @@ def _secret(env_var: str) -> bytes:
     return value.encode()
 
 
-def authenticate(spec: EventSourceSpec, request: Request, body: bytes) -> None:
-    """Raise a Refusal unless the request carries the source's bearer token or HMAC signature."""
+UNAUTHORIZED = "missing or invalid credentials for this path"
+
+
+def unauthorized(reason: str) -> Refusal:
+    """The one answer to unknown sources and wrong credentials alike; `reason` is only logged."""
+    return Refusal(401, UNAUTHORIZED, {"WWW-Authenticate": 'Bearer realm="agent-pipelines"'}, reason=reason)
+
+
+def authenticate(spec: EventSourceSpec, request: Request, body: bytes, now: float) -> str | None:
+    """Raise a Refusal unless the request carries the source's bearer token or a valid (and, when
+    timestamped, fresh) HMAC signature. Returns the event key a signature stands for when the
+    request's own key must not be trusted or is absent, so that replaying it is a duplicate."""
     auth = spec.auth
     if isinstance(auth, BearerAuthSpec):
         token = _secret(auth.token_env)
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise Refusal(
-                401,
-                "missing bearer token: send `Authorization: Bearer <token>`",
-                {"WWW-Authenticate": 'Bearer realm="agent-pipelines"'},
-            )
-        if not hmac.compare_digest(presented.strip().encode("latin-1"), token):
-            raise Refusal(
-                401,
-                "wrong bearer token",
-                {"WWW-Authenticate": 'Bearer realm="agent-pipelines", error="invalid_token"'},
-            )
-        return
+        if scheme.lower() != "bearer" or not _same(presented.strip(), token):
+            raise unauthorized("bearer token missing or wrong")
+        return None
     assert isinstance(auth, HmacAuthSpec)
     secret = _secret(auth.secret_env)
-    signature = request.headers.get(auth.header)
-    if signature is None:
-        raise Refusal(
-            401, f"missing signature: send header {auth.header}: {auth.prefix}<hex HMAC-SHA256 of the body>"
-        )
-    expected = auth.prefix + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    presented = signature.strip()
-    if presented.startswith(auth.prefix):  # hex digits in either case
-        presented = auth.prefix + presented[len(auth.prefix) :].lower()
-    if not hmac.compare_digest(presented.encode("latin-1"), expected.encode()):
+    header = request.headers.get(auth.header_name, "")
+    if auth.format == "github":
+        algorithm, _, presented = header.strip().partition("=")
+        if algorithm != "sha256" or not presented:
+            raise unauthorized(f"header {auth.header_name} is not `sha256=<hex>`")
+        expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+        if not _same(presented.lower(), expected.encode()):
+            raise unauthorized("signature does not match")
+        return f"sig-{expected[:40]}"  # the key header is not signed: never trust it
+    fields = dict(part.strip().split("=", 1) for part in header.split(",") if "=" in part)
+    stamp, presented = fields.get("t", ""), fields.get("v1", "")
+    if not (stamp.isdigit() and len(stamp) <= 12) or not presented:
+        raise unauthorized(f"header {auth.header_name} is not `t=<unix seconds>,v1=<hex>`")
+    key = request.headers.get(spec.id_header, "")
+    expected = hmac.new(secret, f"{stamp}.{key}.".encode("latin-1", "replace") + body, hashlib.sha256).hexdigest()
+    if not _same(presented.lower(), expected.encode()):
+        raise unauthorized("signature does not match")
+    if abs(now - int(stamp)) > auth.tolerance:
         raise Refusal(
             401,
-            f"signature in header {auth.header} does not match the body "
-            f"(expected {auth.prefix}<hex HMAC-SHA256 of the raw body>)",
+            f"signature time is more than {auth.tolerance:g} s from the server's clock: sign the request again",
+            reason=f"stale signature ({now - int(stamp):+.0f} s)",
         )
+    return None if key else f"sig-{expected[:40]}"
+
+
+def _same(presented: str, expected: bytes) -> bool:
+    return hmac.compare_digest(presented.encode("latin-1", "replace"), expected)
+
+
+#: JSON nested deeper than this is refused before it is parsed (Python's parser recurses).
+MAX_JSON_DEPTH = 64
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of `[` and `{` outside strings, without parsing."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def check_headers(request: Request) -> None:
+    raw = request.scope.get("headers") or []
+    if len(raw) > MAX_HEADERS or sum(len(k) + len(v) for k, v in raw) > MAX_HEADER_BYTES:
+        raise Refusal(431, f"request headers too large: at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes")
 
 
 def _no_constants(name: str) -> Any:
@@ -145,6 +205,8 @@ def _no_constants(name: str) -> Any:
 
 
 def parse_payload(body: bytes) -> dict[str, Any]:
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise Refusal(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         payload = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
     except UnicodeDecodeError:
@@ -175,8 +237,11 @@ def event_type(spec: EventSourceSpec, request: Request, payload: dict[str, Any])
     return value
 
 
-def event_id(spec: EventSourceSpec, source: str, request: Request) -> str:
-    """`<source>:<sender's idempotency key>`, or a fresh id when the sender sends none."""
+def event_id(spec: EventSourceSpec, source: str, request: Request, signed_key: str | None = None) -> str:
+    """`<source>:<key>`: the key a signature stands for, else the sender's idempotency key,
+    else a fresh one."""
+    if signed_key is not None:
+        return f"{source}:{signed_key}"
     key = request.headers.get(spec.id_header)
     if key is None:
         return f"{source}:{uuid.uuid4().hex}"
@@ -191,8 +256,14 @@ def event_id(spec: EventSourceSpec, source: str, request: Request) -> str:
 # --- the app -----------------------------------------------------------------------------------
 
 
-def create_ingress_app(sources: Sources, store: StateStore) -> Starlette:
-    """The ingress as an ASGI app; `sources` is called per request, so catalog edits apply."""
+def create_ingress_app(
+    sources: Sources,
+    store: StateStore,
+    clock: Callable[[], float] = time.time,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> Starlette:
+    """The ingress as an ASGI app; `sources` is called per request, so catalog edits apply.
+    `clock` (unix seconds) judges the freshness of timestamped signatures."""
 
     async def receive_event(request: Request) -> Response:
         source = request.path_params["source"]
@@ -204,14 +275,19 @@ def create_ingress_app(sources: Sources, store: StateStore) -> Starlette:
                 client,
             )
         try:
-            spec = sources().get(source)
+            check_headers(request)
+            # In a worker thread: a catalog reload must never stall the event loop.
+            spec = (await asyncio.to_thread(sources)).get(source)
             if spec is None:
-                raise Refusal(404, f"unknown event source {source!r}: it is not declared in the catalog")
-            body = await read_body(request, spec.max_body_bytes)
-            authenticate(spec, request, body)
+                # The same answer as wrong credentials: nothing about sources is revealed.
+                raise unauthorized("unknown source")
+            if isinstance(spec.auth, BearerAuthSpec):
+                authenticate(spec, request, b"", clock())  # before reading any body
+            body = await read_body(request, spec.max_body_bytes, body_timeout_s)
+            signed_key = authenticate(spec, request, body, clock()) if isinstance(spec.auth, HmacAuthSpec) else None
             payload = parse_payload(body)
             kind = event_type(spec, request, payload)
-            stored_id = event_id(spec, source, request)
+            stored_id = event_id(spec, source, request, signed_key)
         except Refusal as refusal:
             return _refused(refusal, source, client)
         try:
@@ -268,7 +344,7 @@ def create_ingress_app(sources: Sources, store: StateStore) -> Starlette:
 
 def _refused(refusal: Refusal, source: str, client: str, log: bool = True) -> JSONResponse:
     if log:
-        logger.warning("refused event for source %r from %s: %s %s", source, client, refusal.status, refusal.message)
+        logger.warning("refused event for source %r from %s: %s %s", source, client, refusal.status, refusal.reason)
     return refusal.response()
 
 
@@ -352,4 +428,11 @@ def serve_ingress(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
         sources.path,
         make_url(url).render_as_string(hide_password=True),
     )
-    uvicorn.Server(uvicorn_config(create_ingress_app(sources, store), host=host, port=port)).run()
+    app = create_ingress_app(sources, store)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, **server_options())).run()
+
+
+def server_options(header_timeout_s: float = HEADER_TIMEOUT_S) -> dict[str, Any]:
+    """uvicorn settings for an ingress facing untrusted clients: a deadline for request headers
+    and a bound on open connections (beyond it, 503)."""
+    return {"http": guarded_http_protocol(header_timeout_s), "limit_concurrency": MAX_CONNECTIONS}

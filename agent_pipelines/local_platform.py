@@ -19,7 +19,7 @@ import dagster as dg
 from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.demo_agent import RunningDemoAgent
 from agent_pipelines.http_server import RunningServer, serve_in_thread
-from agent_pipelines.ingress import create_ingress_app
+from agent_pipelines.ingress import create_ingress_app, server_options
 from agent_pipelines.store import StateStore, url_for_instance
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ class Platform:
     def start_ingress(self) -> str:
         store = self.store()
         catalog = load_catalog(self.catalog_path)
-        self.ingress = serve_in_thread(create_ingress_app(lambda: catalog.sources, store))
+        self.ingress = serve_in_thread(create_ingress_app(lambda: catalog.sources, store), **server_options())
         return self.ingress.url
 
     def stop(self) -> None:

@@ -169,7 +169,10 @@ def _agent_lines(names: list[tuple[str, str]], concurrency: int = 64) -> str:
 def _due_of(key: str) -> float | None:
     if ":schedule:" not in key:
         return None
-    return parse_due(key.split(":schedule:")[1]).timestamp()
+    try:
+        return parse_due(key.split(":schedule:")[1]).timestamp()
+    except ValueError:  # the previous core keyed downstream runs by window: no due time
+        return None
 
 
 # --------------------------------------------------------------------------------------------

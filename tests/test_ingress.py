@@ -20,12 +20,13 @@ import pytest
 import sqlalchemy as sa
 
 from agent_pipelines.http_server import RunningServer, serve_in_thread
-from agent_pipelines.ingress import CatalogSources, create_ingress_app
+from agent_pipelines.ingress import UNAUTHORIZED, CatalogSources, create_ingress_app, server_options
 from agent_pipelines.store import StateStore, StoredEvent
 
 TOKEN = "ingress-bearer-token"
 SECRET = "ingress-hmac-secret"
 LIMIT = 2048  # max_body_bytes of the `alerts` source
+NOW = 1_800_000_000  # the server's clock at the start of each test
 
 SOURCES_YAML = """\
 sources:
@@ -34,9 +35,11 @@ sources:
     type_header: X-Event-Type
     max_body_bytes: 2048
   - name: github
-    auth: {kind: hmac, secret_env: INGRESS_TEST_SECRET}
+    auth: {kind: hmac, secret_env: INGRESS_TEST_SECRET, format: github}
     type_field: meta.kind
     id_header: X-GitHub-Delivery
+  - name: partner
+    auth: {kind: hmac, secret_env: INGRESS_TEST_SECRET, tolerance: 5m}
 """
 
 
@@ -46,6 +49,7 @@ class Ingress:
     store: StateStore  # the server's
     reader: StateStore  # a second engine on the same database: sees only committed rows
     catalog: Path
+    now: list[float]  # the server's clock, in unix seconds
 
     def events(self) -> list[StoredEvent]:
         return self.reader.events_after(0, limit=10_000)
@@ -66,10 +70,11 @@ def ingress(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     catalog.mkdir()
     (catalog / "sources.yaml").write_text(SOURCES_YAML)
     store, reader = StateStore(database_url), StateStore(database_url)
-    app = create_ingress_app(CatalogSources(catalog, min_interval_s=0), store)
+    now = [float(NOW)]
+    app = create_ingress_app(CatalogSources(catalog, min_interval_s=0), store, clock=lambda: now[0], body_timeout_s=1.0)
     try:
-        with serve_in_thread(app, name="ingress") as server:
-            yield Ingress(server, store, reader, catalog)
+        with serve_in_thread(app, name="ingress", **server_options(header_timeout_s=1.0)) as server:
+            yield Ingress(server, store, reader, catalog, now)
     finally:
         store.engine.dispose()
         reader.engine.dispose()
@@ -86,8 +91,17 @@ def bearer(**headers: str) -> dict[str, str]:
 
 
 def signed(body: bytes, secret: str = SECRET, **headers: str) -> dict[str, str]:
+    """GitHub's format, as the `github` source expects."""
     digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return {"X-Signature-256": f"sha256={digest}", "Content-Type": "application/json", **headers}
+    return {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json", **headers}
+
+
+def stamped(body: bytes, key: str = "", at: int | None = None, secret: str = SECRET, **headers: str) -> dict[str, str]:
+    """The timestamped format, as the `partner` source expects: `t` and the key are signed."""
+    at = NOW if at is None else at
+    digest = hmac.new(secret.encode(), f"{at}.{key}.".encode() + body, hashlib.sha256).hexdigest()
+    key_header = {"Idempotency-Key": key} if key else {}
+    return {"X-Signature": f"t={at},v1={digest}", **key_header, **headers}
 
 
 def raw_exchange(url: str, request: bytes) -> bytes:
@@ -118,13 +132,41 @@ def test_accepted_event_is_committed_when_the_2xx_arrives(ingress: Ingress, http
     assert (stored.source, stored.type, stored.payload) == ("alerts", "disk_full", {"type": "disk_full", "host": "db1"})
 
 
-def test_hmac_source_with_dotted_type_field_and_its_own_id_header(ingress: Ingress, http: httpx.Client) -> None:
+def test_github_signed_events_are_keyed_by_their_signature(ingress: Ingress, http: httpx.Client) -> None:
     body = json.dumps({"meta": {"kind": "push"}, "ref": "main"}).encode()
     response = http.post("/events/github", content=body, headers=signed(body, **{"X-GitHub-Delivery": "d-42"}))
     assert response.status_code == 202, response.text
-    assert response.json()["id"] == "github:d-42"
-    stored = ingress.reader.get_event("github:d-42")
+    event_id = response.json()["id"]
+    digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert event_id == f"github:sig-{digest[:40]}"  # the unsigned delivery header is not trusted
+    stored = ingress.reader.get_event(event_id)
     assert stored is not None and stored.type == "push" and stored.payload["ref"] == "main"
+    # A captured request replayed, even under another delivery id, is the same event.
+    replay = http.post("/events/github", content=body, headers=signed(body, **{"X-GitHub-Delivery": "d-43"}))
+    assert replay.status_code == 200 and replay.json() == {**response.json(), "duplicate": True}
+    assert len(ingress.events()) == 1
+
+
+def test_timestamped_signatures_bind_time_and_key(ingress: Ingress, http: httpx.Client) -> None:
+    body = b'{"type": "invoice.paid", "amount": 10}'
+    first = http.post("/events/partner", content=body, headers=stamped(body, key="inv-1"))
+    assert first.status_code == 202 and first.json()["id"] == "partner:inv-1", first.text
+    # The same request replayed within the tolerance: a duplicate.
+    assert http.post("/events/partner", content=body, headers=stamped(body, key="inv-1")).status_code == 200
+    # Replayed under another key: the key is signed, so the signature no longer matches.
+    forged = stamped(body, key="inv-1") | {"Idempotency-Key": "inv-2"}
+    assert http.post("/events/partner", content=body, headers=forged).status_code == 401
+    # Unkeyed: the signature stands for the key, so a replay is a duplicate too.
+    unkeyed = [http.post("/events/partner", content=body, headers=stamped(body)) for _ in range(2)]
+    assert [r.status_code for r in unkeyed] == [202, 200]
+    assert unkeyed[0].json()["id"].startswith("partner:sig-")
+    # Replayed after the tolerance: refused, telling the sender what to do.
+    ingress.now[0] += 301
+    stale = http.post("/events/partner", content=body, headers=stamped(body, key="inv-9"))
+    assert stale.status_code == 401 and "sign the request again" in stale.json()["error"]
+    ingress.now[0] -= 602  # and a signature from the future alike
+    assert http.post("/events/partner", content=body, headers=stamped(body, key="inv-9")).status_code == 401
+    assert sorted(e.event_id for e in ingress.events()) == sorted(["partner:inv-1", unkeyed[0].json()["id"]])
 
 
 def test_idempotency_key_dedupes_per_source(ingress: Ingress, http: httpx.Client) -> None:
@@ -134,9 +176,9 @@ def test_idempotency_key_dedupes_per_source(ingress: Ingress, http: httpx.Client
     assert again.json() == {"id": "alerts:k", "seq": first.json()["seq"], "duplicate": True}
     assert [e.payload["n"] for e in ingress.events()] == [1]  # one row: the first one wins
 
-    body = b'{"meta": {"kind": "x"}}'  # the same key from another source is another event
-    other = http.post("/events/github", content=body, headers=signed(body, **{"X-GitHub-Delivery": "k"}))
-    assert other.status_code == 202 and other.json()["id"] == "github:k"
+    body = b'{"type": "x"}'  # the same key from another source is another event
+    other = http.post("/events/partner", content=body, headers=stamped(body, key="k"))
+    assert other.status_code == 202 and other.json()["id"] == "partner:k"
 
     # Without a key every post is a new event.
     fresh = {http.post("/events/alerts", json={"type": "t"}, headers=bearer()).json()["id"] for _ in range(3)}
@@ -193,13 +235,19 @@ BIG = json.dumps({"type": "t", "pad": "x" * (2 * LIMIT)}).encode()
 
 # name: (source, headers, body, status, words the error must contain)
 REFUSALS: dict[str, tuple[str, dict[str, str], Any, int, str]] = {
-    "unknown source": ("nope", bearer(), b'{"type": "t"}', 404, "unknown event source 'nope'"),
-    "wrong token": ("alerts", {"Authorization": "Bearer nope"}, b'{"type": "t"}', 401, "wrong bearer token"),
-    "missing token": ("alerts", {}, b'{"type": "t"}', 401, "missing bearer token"),
-    "basic auth instead of bearer": ("alerts", {"Authorization": "Basic dTpw"}, b'{"type": "t"}', 401, "missing bearer token"),
-    "wrong signature": ("github", signed(GOOD, secret="other"), GOOD, 401, "does not match the body"),
-    "missing signature": ("github", {}, GOOD, 401, "missing signature: send header X-Signature-256"),
-    "signature over a different body": ("github", signed(b'{"meta": {}}'), GOOD, 401, "does not match the body"),
+    # Unknown sources and every credential failure get one answer: a prober learns nothing.
+    "unknown source": ("nope", bearer(), b'{"type": "t"}', 401, UNAUTHORIZED),
+    "wrong token": ("alerts", {"Authorization": "Bearer nope"}, b'{"type": "t"}', 401, UNAUTHORIZED),
+    "missing token": ("alerts", {}, b'{"type": "t"}', 401, UNAUTHORIZED),
+    "basic auth instead of bearer": ("alerts", {"Authorization": "Basic dTpw"}, b'{"type": "t"}', 401, UNAUTHORIZED),
+    "wrong signature": ("github", signed(GOOD, secret="other"), GOOD, 401, UNAUTHORIZED),
+    "missing signature": ("github", {}, GOOD, 401, UNAUTHORIZED),
+    "signature over a different body": ("github", signed(b'{"meta": {}}'), GOOD, 401, UNAUTHORIZED),
+    "timestamped signature missing its time": ("partner", {"X-Signature": "v1=00"}, b'{"type": "t"}', 401, UNAUTHORIZED),
+    "timestamped signature with a wrong secret": ("partner", stamped(b'{"type": "t"}', secret="x"), b'{"type": "t"}', 401, UNAUTHORIZED),
+    "too many headers": ("alerts", bearer(**{f"X-Pad-{i}": "x" for i in range(100)}), b'{"type": "t"}', 431, "request headers too large"),
+    "headers too large": ("alerts", bearer(**{"X-Pad": "x" * 17_000}), b'{"type": "t"}', 431, "request headers too large"),
+    "JSON nested too deep": ("alerts", bearer(), b'{"type": "t", "x": ' + b"[" * 65 + b"]" * 65 + b"}", 400, "deeper than 64 levels"),
     "bad JSON": ("alerts", bearer(), b'{"type": ', 400, "not valid JSON"),
     "not UTF-8": ("alerts", bearer(), b'{"type": "\xff"}', 400, "not valid JSON: it is not UTF-8"),
     "NaN": ("alerts", bearer(), b'{"type": "t", "x": NaN}', 400, "not valid JSON: NaN"),
@@ -226,7 +274,7 @@ def test_refusals_store_nothing(ingress: Ingress, http: httpx.Client) -> None:
         error = response.json().get("error", "") if response.headers.get("content-type") == "application/json" else ""
         if response.status_code != status or words not in error:
             failures.append(f"{case}: expected {status} with {words!r}, got {response.status_code} {response.text}")
-        if status == 401 and source == "alerts" and not response.headers.get("WWW-Authenticate", "").startswith("Bearer"):
+        if status == 401 and source in ("alerts", "nope") and not response.headers.get("WWW-Authenticate", "").startswith("Bearer"):
             failures.append(f"{case}: no WWW-Authenticate: Bearer header")
         if ingress.events() != before:
             failures.append(f"{case}: the events table changed")
@@ -246,6 +294,26 @@ def test_oversized_bodies_are_refused_without_waiting_for_them(ingress: Ingress)
     )
     assert streamed.startswith(b"HTTP/1.1 413"), streamed
     assert ingress.events() == []
+
+
+def test_slow_clients_are_cut_off_and_do_not_block_others(ingress: Ingress, http: httpx.Client) -> None:
+    # The fixture's deadlines: headers within 1 s of connecting, the body within 1 s of them.
+    host, port = ingress.server.url.removeprefix("http://").rsplit(":", 1)
+    trickling = socket.create_connection((host, int(port)), timeout=10)
+    trickling.sendall(b"POST /events/alerts HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    slow_body = socket.create_connection((host, int(port)), timeout=10)
+    slow_body.sendall(
+        f"POST /events/alerts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Length: 100\r\n\r\n{".encode()
+    )
+    # Meanwhile others are served.
+    assert http.post("/events/alerts", json={"type": "t"}, headers=bearer()).status_code == 202
+    assert trickling.recv(1024) == b""  # closed by the server, no answer owed
+    answer = slow_body.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in answer, answer
+    trickling.close()
+    slow_body.close()
+    assert len(ingress.events()) == 1
 
 
 def test_missing_secret_on_the_server_is_503_naming_the_variable(
@@ -274,7 +342,7 @@ def test_logs_name_the_refusal_but_never_the_secrets(
     caplog.set_level(logging.INFO, logger="agent_pipelines.ingress")
     http.post("/events/alerts", json={"type": "t"}, headers={"Authorization": "Bearer presented-guess"})
     http.post("/events/alerts", json={"type": "t"}, headers=bearer(**{"Idempotency-Key": "logged"}))
-    assert "wrong bearer token" in caplog.text and "alerts:logged" in caplog.text
+    assert "bearer token missing or wrong" in caplog.text and "alerts:logged" in caplog.text
     assert TOKEN not in caplog.text and "presented-guess" not in caplog.text
 
 
@@ -307,7 +375,7 @@ def test_a_failing_store_answers_503_and_never_2xx(ingress: Ingress, http: httpx
 
 
 def test_catalog_reload_adds_and_removes_sources(ingress: Ingress, http: httpx.Client) -> None:
-    assert http.post("/events/deploys", json={"type": "t"}, headers=bearer()).status_code == 404
+    assert http.post("/events/deploys", json={"type": "t"}, headers=bearer()).status_code == 401
     extra = ingress.catalog / "deploys.yaml"
     extra.write_text(
         textwrap.dedent(
@@ -320,17 +388,17 @@ def test_catalog_reload_adds_and_removes_sources(ingress: Ingress, http: httpx.C
     )
     assert http.post("/events/deploys", json={"type": "done"}, headers=bearer()).status_code == 202
     extra.unlink()
-    assert http.post("/events/deploys", json={"type": "t"}, headers=bearer()).status_code == 404
+    assert http.post("/events/deploys", json={"type": "t"}, headers=bearer()).status_code == 401
 
 
 def test_catalog_is_checked_at_most_every_interval(tmp_path: Path) -> None:
     (tmp_path / "sources.yaml").write_text(SOURCES_YAML)
     now = [100.0]
     sources = CatalogSources(tmp_path, min_interval_s=2.0, clock=lambda: now[0])
-    assert set(sources()) == {"alerts", "github"}
+    assert set(sources()) == {"alerts", "github", "partner"}
     (tmp_path / "sources.yaml").write_text(SOURCES_YAML.split("  - name: github")[0])
     now[0] += 1.9
-    assert set(sources()) == {"alerts", "github"}  # not looked at yet
+    assert set(sources()) == {"alerts", "github", "partner"}  # not looked at yet
     now[0] += 0.1
     assert set(sources()) == {"alerts"}
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from agent_pipelines.agents.base import (
     AgentCallError,
@@ -22,6 +21,7 @@ from agent_pipelines.agents.base import (
     AgentSettings,
     FailureKind,
 )
+from agent_pipelines.catalog.template_limits import BoundedEnvironment, render_bounded
 
 DEFAULT_BODY: dict[str, Any] = {"prompt": "{{ prompt }}"}
 MISSING = object()
@@ -29,7 +29,7 @@ MISSING = object()
 # A leaf that is exactly one `{{ expression }}` keeps the expression's native JSON type.
 _SINGLE_EXPRESSION = re.compile(r"^\{\{(?P<expr>(?:(?!\{\{|\}\}|\{%|\{#).)*)\}\}$", re.DOTALL)
 
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_ENV = BoundedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 Renderer = Callable[[Mapping[str, Any]], Any]
 
@@ -124,14 +124,14 @@ def compile_leaf(text: str) -> Renderer:
         expression = _ENV.compile_expression(match.group("expr"), undefined_to_none=False)
 
         def render_native(ctx: Mapping[str, Any]) -> Any:
-            value = expression(**ctx)
+            value = expression(**ctx)  # an expression has no loops: each part runs once
             if isinstance(value, jinja2.Undefined):
                 str(value)  # StrictUndefined raises UndefinedError naming the variable
             return str(value) if isinstance(value, str) else value  # Markup -> plain str
 
         return render_native
-    compiled = _ENV.from_string(text)
-    return lambda ctx: compiled.render(**ctx)
+    render = render_bounded(_ENV, text)
+    return lambda ctx: render(dict(ctx))
 
 
 def lookup(payload: Any, path: str) -> Any:

@@ -28,6 +28,7 @@ from agent_pipelines.catalog.model import (
 )
 from agent_pipelines.catalog.templates import BUILTIN_VARIABLES, TemplateProblem, analyze
 from agent_pipelines.catalog.versions import prompt_version
+from agent_pipelines.catalog.limits import max_file_bytes, max_prompt_chars
 from agent_pipelines.catalog.yaml_lines import LineDict, YamlLoadError, line_at, load_yaml_with_lines
 
 CATALOG_ENV_VAR = "AGENT_PIPELINES_CATALOG"
@@ -200,7 +201,7 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
 def _read_file(file: Path, raw: dict[str, list[_Item]], problems: _Problems) -> None:
     shown = _display(file)
     try:
-        document = load_yaml_with_lines(file)
+        document = load_yaml_with_lines(file, max_bytes=max_file_bytes())
     except YamlLoadError as exc:
         problems.add_file(shown, exc.line, exc.message)
         return
@@ -449,16 +450,25 @@ def _check_template(item: _Item, spec: TaskSpec, problems: _Problems) -> bool:
         allowed |= {"item", "shard"}
     if spec.events:
         allowed.add("event")
+    limit = max_prompt_chars()
     for field_name in ("prompt", "system"):
         source = getattr(spec, field_name)
         if source is None:
             continue
         field_line = line_at(item.raw, (field_name,))
+        if len(source) > limit:
+            problems.add(
+                item,
+                f"{field_name} is {len(source):,} characters, over the limit of {limit:,} "
+                "(raise AGENT_PIPELINES_MAX_PROMPT_CHARS to allow it)",
+                (field_name,),
+            )
+            ok = False
+            continue
         try:
             names = analyze(source)
         except TemplateProblem as exc:
-            line = field_line + exc.line if field_line and exc.line and "\n" in source else field_line
-            problems.add(item, exc.message, (field_name,), line=line)
+            problems.add(item, exc.message, (field_name,), line=_template_line(item, field_name, field_line, exc.line))
             ok = False
             continue
         for name in sorted(names.variables - allowed):
@@ -480,6 +490,14 @@ def _check_template(item: _Item, spec: TaskSpec, problems: _Problems) -> bool:
             )
             ok = False
     return ok
+
+
+def _template_line(item: _Item, field_name: str, field_line: int | None, template_line: int | None) -> int | None:
+    """The file line of a template's line: a block scalar (`prompt: |`) starts on the next line."""
+    if field_line is None or template_line is None:
+        return field_line
+    block = field_name in getattr(item.raw, "block_scalars", frozenset())
+    return field_line + template_line if block else field_line + template_line - 1
 
 
 def _drop_cycles_and_dependents(tasks: dict[str, _Item], problems: _Problems) -> list[str]:

@@ -619,12 +619,27 @@ class BearerAuthSpec(Spec):
 
 
 class HmacAuthSpec(Spec):
-    """HMAC-SHA256 of the raw body with the secret in `secret_env` (GitHub-style signatures)."""
+    """HMAC-SHA256 signatures with the secret in `secret_env`, in one of two formats.
+
+    `timestamped` (the default, as Stripe signs webhooks): `<header>: t=<unix seconds>,v1=<hex>`
+    over `<t>.<idempotency key or empty>.<raw body>`; a signature further than `tolerance` from
+    the server's clock is refused, so a captured request cannot be replayed later.
+    `github`: `<header>: sha256=<hex>` over the raw body, what GitHub and many webhook senders
+    send; it signs no time, so the event id is derived from the signature and a replay is always
+    a duplicate of the stored event (identical bodies are one event).
+    """
+
+    FORMAT_HEADERS: ClassVar[dict[str, str]] = {"timestamped": "X-Signature", "github": "X-Hub-Signature-256"}
 
     kind: Literal["hmac"]
     secret_env: Annotated[str, Field(pattern=ENV_VAR_RE)]
-    header: str = "X-Signature-256"
-    prefix: str = "sha256="
+    format: Literal["timestamped", "github"] = "timestamped"
+    header: str | None = Field(default=None, description="X-Signature (timestamped) or X-Hub-Signature-256 (github)")
+    tolerance: Duration = Field(default=300.0, gt=0, le=86_400, description="how far a timestamped signature may be from the server's clock")
+
+    @property
+    def header_name(self) -> str:
+        return self.header or self.FORMAT_HEADERS[self.format]
 
 
 class EventSourceSpec(Spec):
