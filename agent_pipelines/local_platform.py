@@ -22,6 +22,8 @@ from agent_pipelines.http_server import RunningServer, serve_in_thread
 from agent_pipelines.ingress import create_ingress_app, server_options
 from agent_pipelines.store import StateStore, url_for_instance
 
+#: Run workers are the code server's multiprocessing children (DefaultRunLauncher).
+RUN_WORKER_MARK = b"multiprocessing.spawn"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -77,6 +79,11 @@ class Platform:
         self.daemon.wait(timeout=30)
         self.daemon = None
 
+    def kill_run_workers(self) -> int:
+        """SIGKILL the run workers only, as the OOM killer would: the daemon and the code server
+        survive, and Dagster marks the runs failed at once."""
+        return signal_processes(processes_of(self.home, RUN_WORKER_MARK))
+
     def start_ingress(self) -> str:
         store = self.store()
         catalog = load_catalog(self.catalog_path)
@@ -99,20 +106,36 @@ class Platform:
         return "\n".join(p.read_text()[-4000:] for p in sorted(self.log_dir.glob("daemon-*.log")))
 
 
-def _kill_leftover_runs(home: Path) -> None:
-    """Run workers outlive a killed daemon; stop the ones of this DAGSTER_HOME."""
+def processes_of(home: Path, mark: bytes = b"") -> list[int]:
+    """Pids of this DAGSTER_HOME's processes whose command line contains `mark`."""
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            environ = (proc / "environ").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"DAGSTER_HOME={home}".encode() in environ.split(b"\0"):
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if f"DAGSTER_HOME={home}".encode() in environ and mark in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def signal_processes(pids: list[int], signum: int = signal.SIGKILL) -> int:
+    sent = 0
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+            sent += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return sent
+
+
+def _kill_leftover_runs(home: Path) -> None:
+    """Run workers outlive a killed daemon; stop the ones of this DAGSTER_HOME."""
+    signal_processes(processes_of(home))
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.5, message: str = "") -> None:  # noqa: ANN001

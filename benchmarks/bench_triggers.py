@@ -37,7 +37,7 @@ from agent_pipelines.demo_agent import DemoAgentConfig, run_in_thread  # noqa: E
 from agent_pipelines.instance import POSTGRES_URL_ENV, instance_yaml  # noqa: E402
 from agent_pipelines.local_platform import Platform, wait_until  # noqa: E402
 from agent_pipelines.store import sqlalchemy_url  # noqa: E402
-from agent_pipelines.timing import parse_due  # noqa: E402
+from agent_pipelines.scheduling.timing import parse_due  # noqa: E402
 
 TOKEN = "bench-token"
 POSTGRES_ADMIN = os.environ.get("AGENT_PIPELINES_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
