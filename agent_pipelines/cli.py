@@ -134,6 +134,28 @@ def ingress(host: str, port: int) -> None:
     serve_ingress(host=host, port=port)
 
 
+@main.command()
+@click.option("-w", "--workspace", type=click.Path(path_type=Path), default=None, help="Workspace file for dagster-daemon (default: DAGSTER_HOME/workspace.yaml when it exists).")
+@click.option("-m", "--module", default="agent_pipelines.definitions", show_default=True, help="Code location module when there is no workspace.")
+@click.option("--name", default="", help="A name for this wrapper in logs and in the leadership record.")
+def daemon(workspace: Path | None, module: str, name: str) -> None:
+    """Run dagster-daemon with failover: start this on two or more machines (or processes)
+    against one PostgreSQL instance; exactly one runs the daemon, the others stand by and take
+    over within seconds when it dies or is cut off from the database."""
+    from agent_pipelines.failover import NeedsPostgres, run_guarded_daemon
+    from agent_pipelines.instance import default_home
+
+    home = default_home()
+    workspace = workspace or (home / "workspace.yaml" if (home / "workspace.yaml").exists() else None)
+    target = ["-w", str(workspace)] if workspace else ["-m", module]
+    command = [str(Path(sys.executable).parent / "dagster-daemon"), "run", *target]
+    env = dict(os.environ, DAGSTER_HOME=str(home))
+    try:
+        run_guarded_daemon(home, command, env, Path.cwd(), name=name, say=lambda text: click.echo(f"daemon {name or ''}: {text}".replace("  ", " "), err=True))
+    except NeedsPostgres as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _use_default_home() -> None:
     """Commands that open the instance work without DAGSTER_HOME, like `make run` does."""
     if not os.environ.get("DAGSTER_HOME"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,9 @@ class Platform:
         self.log_dir = log_dir
         self.daemon: subprocess.Popen[bytes] | None = None
         self.ingress: RunningServer | None = None
+        self.code_server: subprocess.Popen[bytes] | None = None
+        self.wrappers: dict[str, subprocess.Popen[bytes]] = {}  # `agent-pipelines daemon` by name
+        self._wrapper_env: dict[str, dict[str, str]] = {}
         self._starts = 0
         self.env = dict(os.environ, DAGSTER_HOME=str(home), AGENT_PIPELINES_CATALOG=str(catalog))
 
@@ -90,7 +94,50 @@ class Platform:
         self.ingress = serve_in_thread(create_ingress_app(lambda: catalog.sources, store), **server_options())
         return self.ingress.url
 
+    def start_code_server(self) -> Path:
+        """A long-lived gRPC code server, as in production; returns the workspace that uses it."""
+        from agent_pipelines.instance import write_workspace
+
+        port = free_port()
+        log = (self.log_dir / "code-server.log").open("ab")
+        self.code_server = subprocess.Popen(
+            [str(BIN / "dagster"), "code-server", "start", "-m", "agent_pipelines.definitions", "-h", "127.0.0.1",
+             "-p", str(port), "--log-level", "warning"],
+            cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.workspace = write_workspace(self.home, host="127.0.0.1", port=port)
+        return self.workspace
+
+    def start_wrapper(self, name: str, **env: str) -> subprocess.Popen[bytes]:
+        """`agent-pipelines daemon --name <name>` (daemon failover), logging to wrapper-<name>.log."""
+        log = (self.log_dir / f"wrapper-{name}.log").open("ab")
+        wrapper = subprocess.Popen(
+            [str(BIN / "agent-pipelines"), "daemon", "--name", name],
+            cwd=PROJECT_ROOT, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wrappers[name] = wrapper
+        self._wrapper_env[name] = env
+        return wrapper
+
+    def restart_wrapper(self, name: str) -> subprocess.Popen[bytes]:
+        return self.start_wrapper(name, **self._wrapper_env[name])
+
+    def wrapper_log(self, name: str) -> str:
+        path = self.log_dir / f"wrapper-{name}.log"
+        return path.read_text() if path.exists() else ""
+
     def stop(self) -> None:
+        for wrapper in self.wrappers.values():
+            if wrapper.poll() is None:
+                wrapper.send_signal(signal.SIGTERM)
+        for wrapper in self.wrappers.values():
+            try:
+                wrapper.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                wrapper.kill()
+        if self.code_server is not None:
+            self.code_server.kill()
+            self.code_server.wait(timeout=30)
         if self.daemon is not None:
             try:
                 os.killpg(self.daemon.pid, signal.SIGTERM)
@@ -104,6 +151,26 @@ class Platform:
 
     def daemon_logs(self) -> str:
         return "\n".join(p.read_text()[-4000:] for p in sorted(self.log_dir.glob("daemon-*.log")))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of `pid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(proc.name))
+    return found
 
 
 def processes_of(home: Path, mark: bytes = b"") -> list[int]:

@@ -107,6 +107,20 @@ run_heartbeats = sa.Table(
     sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+leadership = sa.Table(
+    "agent_pipelines_leadership",
+    metadata,
+    # One row per term of a leader (agent_pipelines.failover): the active dagster-daemon's wrapper
+    # writes it on the connection that holds the lease, so a term exists only while it was held.
+    sa.Column("term", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("role", sa.String(64), nullable=False),
+    sa.Column("holder", sa.String(255), nullable=False),  # host, pid and name of the wrapper
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("released_at", sa.DateTime(timezone=True)),  # NULL: held, or its holder died
+    sa.Column("reason", sa.Text),  # why it was released
+    sa.Index("ix_agent_pipelines_leadership_role_term", "role", "term"),
+)
+
 task_sessions = sa.Table(
     "agent_pipelines_task_sessions",
     metadata,
