@@ -438,15 +438,23 @@ def _redact(url: str) -> str:
 @click.option("--demo-agent-port", default=8765, show_default=True, type=int)
 @click.option("--demo-agent/--no-demo-agent", default=True, show_default=True, help="Start the built-in demo agent.")
 @click.option("--ingress-port", default=8788, show_default=True, type=int, help="Port of the event ingress.")
-def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent_port: int, ingress_port: int) -> None:
+@click.option("--production", is_flag=True, help="PostgreSQL only, two daemons with failover (one active, one standing by).")
+def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent_port: int, ingress_port: int, production: bool) -> None:
     """Run the platform: code server, Dagster UI and daemon, event ingress, demo agent.
 
     Each part runs in a process of its own and is restarted (with back-off) when it dies, while
-    the others keep running. Ctrl-C stops everything within seconds.
+    the others keep running. Ctrl-C stops everything within seconds. With --production the
+    instance must be on PostgreSQL ($AGENT_PIPELINES_POSTGRES_URL) and the daemon runs under two
+    `agent-pipelines daemon` wrappers: kill the active one and the other takes over.
     """
-    from agent_pipelines.instance import ensure_instance, write_workspace
+    from agent_pipelines.instance import POSTGRES_URL_ENV, ensure_instance, write_workspace
     from agent_pipelines.supervisor import Part, Supervisor, cancel_started_runs, settle_unfinished_runs
 
+    if production and not os.environ.get(POSTGRES_URL_ENV):
+        raise click.ClickException(
+            f"--production runs two daemons with failover, which needs PostgreSQL: set {POSTGRES_URL_ENV}, "
+            "e.g. postgresql://postgres@127.0.0.1:5432/test"
+        )
     home = ensure_instance()
     env = dict(os.environ, DAGSTER_HOME=str(home))
     env.setdefault("DEMO_AGENT_TOKEN", "demo-local-token")
@@ -476,7 +484,11 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
         part("code server", str(bin_dir / "dagster"), "code-server", "start", "-m", "agent_pipelines.definitions",
              "-h", "127.0.0.1", "-p", str(code_server_port), "--log-level", "warning"),
         part("webserver", str(bin_dir / "dagster-webserver"), "-w", str(workspace), "-h", host, "-p", str(port), "--log-level", "warning"),
-        part("daemon", str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace), "--log-level", "warning"),
+        *(
+            [part(f"daemon {name}", str(bin_dir / "agent-pipelines"), "daemon", "--name", name, "-w", str(workspace)) for name in ("a", "b")]
+            if production
+            else [part("daemon", str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace), "--log-level", "warning")]
+        ),
         part("ingress", str(bin_dir / "agent-pipelines"), "ingress", "--host", host, "--port", str(ingress_port)),
     ]
     if demo_agent:

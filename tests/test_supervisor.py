@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent_pipelines.local_platform import RUN_WORKER_MARK, processes_of, signal_processes, wait_until
+from agent_pipelines.failover import DAEMON_ROLE
+from agent_pipelines.instance import POSTGRES_URL_ENV
+from agent_pipelines.local_platform import RUN_WORKER_MARK, free_port, processes_of, signal_processes, wait_until
 from agent_pipelines.store import StateStore, status
 from agent_pipelines.store.base import STATE_DB_FILENAME
 from tests.conftest import write_catalog
@@ -34,17 +36,12 @@ tasks:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Up:
     process: subprocess.Popen[str]
     home: Path
     ports: dict[str, int]
+    store_url: str
     lines: list[str] = field(default_factory=list)
 
     def output(self) -> str:
@@ -54,10 +51,9 @@ class Up:
         return processes_of(self.home, mark)
 
     def succeeded_after(self, moment: float) -> int:
-        database = self.home / STATE_DB_FILENAME
-        if not database.exists():
+        if self.store_url.startswith("sqlite") and not (self.home / STATE_DB_FILENAME).exists():
             return 0
-        store = StateStore(f"sqlite:///{database}")
+        store = StateStore(self.store_url)
         try:
             return sum(
                 1
@@ -68,18 +64,20 @@ class Up:
             store.engine.dispose()
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
+@contextmanager
+def running_up(tmp_path: Path, *args: str, **env: str) -> Iterator[Up]:
     ports = {name: free_port() for name in ("ui", "code", "agent", "ingress")}
     catalog = write_catalog(tmp_path / "catalog", f"http://127.0.0.1:{ports['agent']}", TASKS)
     home = tmp_path / "home"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "AGENT_PIPELINES_CATALOG": str(catalog), "DEMO_AGENT_TOKEN": "demo-local-token"}
+    environment = {**os.environ, "DAGSTER_HOME": str(home), "AGENT_PIPELINES_CATALOG": str(catalog), "DEMO_AGENT_TOKEN": "demo-local-token", **env}
+    if POSTGRES_URL_ENV not in env:
+        environment.pop(POSTGRES_URL_ENV, None)
     process = subprocess.Popen(
         [str(BIN / "agent-pipelines"), "up", "--port", str(ports["ui"]), "--code-server-port", str(ports["code"]),
-         "--demo-agent-port", str(ports["agent"]), "--ingress-port", str(ports["ingress"])],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+         "--demo-agent-port", str(ports["agent"]), "--ingress-port", str(ports["ingress"]), *args],
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    running = Up(process, home, ports)
+    running = Up(process, home, ports, env.get(POSTGRES_URL_ENV) or f"sqlite:///{home / STATE_DB_FILENAME}")
 
     def read() -> None:
         assert process.stdout is not None
@@ -93,6 +91,12 @@ def up(tmp_path: Path) -> Iterator[Up]:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         signal_processes(processes_of(home))
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    with running_up(tmp_path) as running:
+        yield running
 
 
 def _fires_after(up: Up, moment: float, what: str) -> None:
@@ -138,3 +142,40 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_up_production_fails_over_between_two_daemons_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    with running_up(tmp_path, "--production", **{POSTGRES_URL_ENV: postgres_url}) as up:
+        wait_until(lambda: up.succeeded_after(0) >= 3, timeout_s=240, message=f"the first pulses\n{up.output()}")
+        store = StateStore(postgres_url)
+        try:
+            first = store.leadership_terms(DAEMON_ROLE, limit=1)[0]
+            active = first.holder.rsplit("(", 1)[1].rstrip(")")
+            wrapper = [pid for pid in up.pids(f"--name\0{active}\0".encode()) if b"daemon" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            assert len(wrapper) == 1, wrapper
+            killed_at = time.time()
+            signal_processes(wrapper)
+            wait_until(
+                lambda: store.leadership_terms(DAEMON_ROLE, limit=1)[0].term > first.term,
+                timeout_s=60,
+                message=f"the standby taking over\n{up.output()}",
+            )
+            assert store.leadership_terms(DAEMON_ROLE, limit=1)[0].holder != first.holder
+            wait_until(
+                lambda: any(f"daemon {active} exited with code -9; restarting it" in line for line in up.lines),
+                timeout_s=30,
+                message=f"the supervisor restarting the killed wrapper\n{up.output()}",
+            )
+            _fires_after(up, killed_at + 2, "the active daemon was killed")
+        finally:
+            store.engine.dispose()
+
+
+def test_up_production_needs_postgres(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != POSTGRES_URL_ENV}
+    result = subprocess.run(
+        [str(BIN / "agent-pipelines"), "up", "--production"], env={**env, "DAGSTER_HOME": str(tmp_path / "home")},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode != 0
+    assert "needs PostgreSQL" in result.stderr and POSTGRES_URL_ENV in result.stderr
