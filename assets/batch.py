@@ -17,15 +17,27 @@ from dagster import AssetExecutionContext
 
 from agent_pipelines import tags
 from agent_pipelines.batch.items import shard_keys
-from agent_pipelines.batch.runner import BatchRunner, Node, ShardSummary, file_source, results_source
+from agent_pipelines.batch.runner import (
+    BatchRunner,
+    Node,
+    ShardSummary,
+    file_source,
+    results_source,
+)
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
+from agent_pipelines.kubernetes_config import run_tags as kubernetes_run_tags
+from agent_pipelines.kubernetes_config import task_block
 from agent_pipelines.metadata import table
 from agent_pipelines.scheduling import event_loop
 from agent_pipelines.scheduling.triggers import Trigger
 from resources.agents import AgentsResource
-from resources.shard_io_manager import SHARD_IO_MANAGER_KEY, ShardFile, ShardParquetIOManager, write_combined
-
+from resources.shard_io_manager import (
+    SHARD_IO_MANAGER_KEY,
+    ShardFile,
+    ShardParquetIOManager,
+    write_combined,
+)
 
 
 def combined_key(task: str) -> str:
@@ -120,12 +132,13 @@ def build_batch_assets(catalog: Catalog, task: TaskSpec) -> list[dg.AssetsDefini
         name=task.name,
         specs=[spec],
         backfill_policy=dg.BackfillPolicy.single_run(),
-        op_tags={tags.TASK: task.name},
+        op_tags={tags.TASK: task.name, **kubernetes_run_tags([task_block(catalog, task.name)])},  # step pods (k8s_job_executor)
     )
     def _run_shards(
         context: AssetExecutionContext, agents: AgentsResource, shard_io_manager: dg.ResourceParam[ShardParquetIOManager]
     ) -> Iterator[dg.MaterializeResult]:
         io = shard_io_manager
+        io.refuse_pod_local_disk(context.instance)
         asset_key = dg.AssetKey(task.name)
         keys = list(context.partition_keys)
         all_keys = static_shard_keys(catalog, task) or list(partitions.get_partition_keys(dynamic_partitions_store=context.instance))
@@ -190,6 +203,7 @@ def build_batch_assets(catalog: Catalog, task: TaskSpec) -> list[dg.AssetsDefini
     )
     def _combined(context: AssetExecutionContext, shards: dict[str, str]) -> ShardFile:
         io: ShardParquetIOManager = getattr(context.resources, SHARD_IO_MANAGER_KEY)
+        io.refuse_pod_local_disk(context.instance)
         target = io.path_for(context.asset_key, None)
         expected = static_shard_keys(catalog, task) or list(partitions.get_partition_keys(dynamic_partitions_store=context.instance))
         rows = write_combined([shards[k] for k in sorted(shards)], target)
@@ -216,6 +230,7 @@ def build_batch_definitions(catalog: Catalog) -> dg.Definitions:
             selection=dg.AssetSelection.assets(name),
             partitions_def=partitions_for(catalog, task),
             description=f"Backfill the shards of batch task {name} (one run for all selected shards).",
+            tags=kubernetes_run_tags([task_block(catalog, name)]),  # the run's pod (K8sRunLauncher)
         )
         for name, task in catalog.batch_tasks.items()
     ]

@@ -2,6 +2,13 @@
 
 A shard can hold thousands of agent outputs, so batch steps stream rows into a `ShardWriter`
 and return a `ShardFile`; downstream steps receive file paths and stream them themselves.
+
+Where they live: under DAGSTER_HOME by default, or under any fsspec URL given by
+$AGENT_PIPELINES_RESULTS_URL (`s3://bucket/prefix`, `gs://...`, `abfs://...`; credentials and
+endpoints from the usual environment, e.g. AWS_ACCESS_KEY_ID and AWS_ENDPOINT_URL). On
+Kubernetes every run and step is a pod of its own, so results must go to shared object storage:
+a pod's disk is gone with the pod. A file is written locally first and then put whole (an
+object store's put is atomic, as the local rename is): readers see the old results or the new.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +32,14 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
+
+#: Where batch results go when not under DAGSTER_HOME: an fsspec URL such as s3://bucket/prefix.
+RESULTS_URL_ENV = "AGENT_PIPELINES_RESULTS_URL"
+#: Run launchers whose runs live in pods of their own, each with a disk of its own.
+POD_RUN_LAUNCHERS = frozenset({"K8sRunLauncher", "CeleryK8sRunLauncher", "EcsRunLauncher", "DockerRunLauncher"})
+#: A local or remote results location.
+Location = Path | UPath
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -67,14 +83,14 @@ class ShardWriter:
     shard leaves the previous results (if any) untouched and no temporary file behind.
     """
 
-    def __init__(self, path: str | Path, *, flush_rows: int = 1000) -> None:
+    def __init__(self, path: str | Location, *, flush_rows: int = 1000) -> None:
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be at least 1, got {flush_rows}")
-        self.path = Path(path)
+        self.path = location(path)
         self.flush_rows = flush_rows
         self.rows = 0
         self.result: ShardFile | None = None  # set by close()
-        self._temp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        self._temp = _temp_beside(self.path)
         self._buffer: list[dict[str, Any]] = []
         self._writer: pq.ParquetWriter | None = None
         self._aborted = False
@@ -99,7 +115,7 @@ class ShardWriter:
             raise RuntimeError(f"ShardWriter for {self.path} was aborted")
         if self._writer is not None or self.result is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._temp.parent.mkdir(parents=True, exist_ok=True)
         self._writer = pq.ParquetWriter(self._temp, RESULT_SCHEMA)
 
     def write(self, row: Mapping[str, Any]) -> None:
@@ -131,7 +147,7 @@ class ShardWriter:
             assert self._writer is not None
             self._writer.close()
             self._writer = None
-            os.replace(self._temp, self.path)
+            _publish(self._temp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -157,11 +173,12 @@ class ShardParquetIOManager(dg.ConfigurableIOManager):
     unpartitioned ones as a single path.
     """
 
-    base_dir: str | None = None
+    base_dir: str | None = None  # a directory or an fsspec URL; default $AGENT_PIPELINES_RESULTS_URL
 
-    def root(self) -> Path:
-        if self.base_dir:
-            return Path(self.base_dir)
+    def root(self) -> Location:
+        configured = self.base_dir or os.environ.get(RESULTS_URL_ENV)
+        if configured:
+            return location(configured)
         home = os.environ.get("DAGSTER_HOME")
         if not home:
             raise dg.DagsterInvariantViolationError(
@@ -170,7 +187,23 @@ class ShardParquetIOManager(dg.ConfigurableIOManager):
             )
         return Path(home) / "storage" / "agent_pipelines"
 
-    def path_for(self, asset_key: dg.AssetKey, partition_key: str | None) -> Path:
+    def is_local(self) -> bool:
+        configured = self.base_dir or os.environ.get(RESULTS_URL_ENV)
+        return configured is None or isinstance(location(configured), Path)
+
+    def refuse_pod_local_disk(self, instance: dg.DagsterInstance) -> None:
+        """Runs launched as pods (Kubernetes, ECS, Docker) lose their disk with the pod: their
+        results must go to shared storage, or every result would be lost after the run."""
+        launcher = type(instance.run_launcher).__name__
+        if self.is_local() and launcher in POD_RUN_LAUNCHERS:
+            raise dg.Failure(
+                "batch results would be written to the pod's own disk, which is gone "
+                f"with the pod: runs launched by {launcher} need ${RESULTS_URL_ENV} set to shared object "
+                "storage, e.g. s3://bucket/prefix (see docs/kubernetes.md)",
+                allow_retries=False,
+            )
+
+    def path_for(self, asset_key: dg.AssetKey, partition_key: str | None) -> Location:
         directory = self.root().joinpath(*(_safe_name(part) for part in asset_key.path))
         if partition_key is None:
             return directory / UNPARTITIONED_FILE
@@ -243,12 +276,12 @@ class ShardParquetIOManager(dg.ConfigurableIOManager):
     def _store(self, asset_key: dg.AssetKey, partition_key: str | None, obj: Any) -> ShardFile:
         target = self.path_for(asset_key, partition_key)
         if isinstance(obj, ShardFile):
-            source = Path(obj.path)
+            source = location(obj.path)
             if not source.exists():
                 raise FileNotFoundError(
                     f"{asset_key.to_user_string()}: results file {source} does not exist"
                 )
-            if source.resolve() != target.resolve():
+            if str(source) != str(target) and not (isinstance(source, Path) and isinstance(target, Path) and source.resolve() == target.resolve()):
                 _move_atomically(source, target)
             return ShardFile(path=str(target), rows=obj.rows)
         if isinstance(obj, pd.DataFrame):
@@ -260,25 +293,44 @@ class ShardParquetIOManager(dg.ConfigurableIOManager):
         )
 
 
-def read_results(path: str | Path) -> pd.DataFrame:
+def location(value: str | Location) -> Location:
+    """A local path, or a UPath for an fsspec URL (s3://, gs://, memory://, ...)."""
+    if isinstance(value, (Path, UPath)):
+        return value
+    text = str(value)
+    if "://" in text and not text.startswith("file://"):
+        return UPath(text)
+    return Path(text.removeprefix("file://"))
+
+
+def open_parquet(path: str | Location) -> pq.ParquetFile:
+    """A results file, local or in object storage, for streaming reads."""
+    where = location(path)
+    if isinstance(where, Path):
+        return pq.ParquetFile(where)
+    return pq.ParquetFile(where.open("rb"))
+
+
+def read_results(path: str | Location) -> pd.DataFrame:
     """One results file as a DataFrame: for a single shard, never for all of them at once."""
-    return pq.read_table(path).to_pandas()
+    with open_parquet(path) as parquet:
+        return parquet.read().to_pandas()
 
 
 def iter_result_batches(
-    paths: Iterable[str | Path], batch_rows: int = 10_000
+    paths: Iterable[str | Location], batch_rows: int = 10_000
 ) -> Iterator[pa.RecordBatch]:
     """Stream several results files in batches of at most `batch_rows` rows."""
     for path in paths:
-        with pq.ParquetFile(path) as parquet:
+        with open_parquet(path) as parquet:
             yield from parquet.iter_batches(batch_size=batch_rows)
 
 
-def write_combined(paths: Iterable[str | Path], target: Path, *, batch_rows: int = 10_000) -> int:
+def write_combined(paths: Iterable[str | Location], target: str | Location, *, batch_rows: int = 10_000) -> int:
     """Stream all `paths` into one Parquet file at `target` (atomically); returns its rows."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    target = location(target)
+    temp = _temp_beside(target)
+    temp.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     writer: pq.ParquetWriter | None = None
     try:
@@ -291,7 +343,7 @@ def write_combined(paths: Iterable[str | Path], target: Path, *, batch_rows: int
             writer = pq.ParquetWriter(temp, RESULT_SCHEMA)
         writer.close()
         writer = None
-        os.replace(temp, target)
+        _publish(temp, target)
     except BaseException:
         if writer is not None:
             writer.close()
@@ -322,18 +374,51 @@ def _result_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_atomically(table: pa.Table, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, temp)
+def _temp_beside(target: Location) -> Path:
+    """Where a file is written before it is moved into place: beside a local target (same file
+    system, so the rename is atomic), in the local temp directory for a remote one."""
+    if isinstance(target, Path):
+        return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    return Path(tempfile.gettempdir()) / "agent-pipelines-results" / f"{uuid.uuid4().hex}.{target.name}.tmp"
+
+
+def _publish(temp: Path, target: Location) -> None:
+    """Move a finished local file into place: a rename, or one whole put to object storage."""
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, target)
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.fs.put_file(str(temp), target.path)
     finally:
         temp.unlink(missing_ok=True)
 
 
-def _move_atomically(source: Path, target: Path) -> None:
-    """Rename `source` over `target`; across file systems copy beside `target` first."""
+def _write_atomically(table: pa.Table, target: Location) -> None:
+    temp = _temp_beside(target)
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pq.write_table(table, temp)
+        _publish(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _move_atomically(source: Location, target: Location) -> None:
+    """Rename `source` over `target`; across file systems (or to object storage) copy first."""
+    if not (isinstance(source, Path) and isinstance(target, Path)):
+        if isinstance(source, Path):
+            temp = _temp_beside(target)
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, temp)
+            _publish(temp, target)
+            source.unlink()
+        else:
+            target_bytes = source.read_bytes()
+            _write_bytes(target_bytes, target)
+            source.unlink()
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(source, target)
@@ -348,6 +433,13 @@ def _move_atomically(source: Path, target: Path) -> None:
     finally:
         temp.unlink(missing_ok=True)
     source.unlink()
+
+
+def _write_bytes(data: bytes, target: Location) -> None:
+    temp = _temp_beside(target)
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    temp.write_bytes(data)
+    _publish(temp, target)
 
 
 def _file_stem(key: str) -> str:

@@ -13,6 +13,7 @@ import zoneinfo
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,6 +25,7 @@ from pydantic import (
 )
 
 from agent_pipelines.catalog.durations import format_duration, parse_duration
+from agent_pipelines.kubernetes_config import check_block
 
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
 ENV_VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -33,6 +35,8 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 Name = Annotated[str, Field(pattern=NAME_RE, description="lower_snake_case, used as a Dagster name")]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+#: dagster-k8s's `dagster-k8s/config` sections, checked against the Kubernetes API models.
+KubernetesBlock = Annotated[dict[str, Any], AfterValidator(check_block)]
 
 
 class Spec(BaseModel):
@@ -101,6 +105,9 @@ class AgentSpecBase(Spec):
         default=None, description="requests and tokens per minute this agent accepts (batch tasks)"
     )
     cost_per_1k_tokens: float | None = Field(default=None, ge=0, description="for cost in the prompt history")
+    kubernetes: KubernetesBlock | None = Field(
+        default=None, description="pods of runs that call this agent, on Kubernetes (resources, tolerations, ...)"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -499,6 +506,9 @@ class TaskSpec(Spec):
     max_failure_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     checks: ChecksSpec | None = None
     tuning: TuningSpec | None = None
+    kubernetes: KubernetesBlock | None = Field(
+        default=None, description="pods of runs that carry this task, on Kubernetes; merged over its agent's"
+    )
 
     @property
     def is_batch(self) -> bool:

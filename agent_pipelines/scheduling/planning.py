@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
+from agent_pipelines.kubernetes_config import block_key, merge, task_block
 from agent_pipelines.scheduling.retries import worst_case_seconds
 from agent_pipelines.scheduling.timing import UTC, due_times, format_due
 
@@ -149,10 +150,12 @@ def window_runs(catalog: Catalog, window_start: dt.datetime, due: Iterable[str],
     members: dict[str, list[str]] = defaultdict(list)
     for name in names:
         members[unit_of.get(name, name)].append(name)
-    ordered = sorted(members.values(), key=lambda group: (catalog.tasks[group[0]].agent or "", group[0]))
+    # Tasks of one run share one pod on Kubernetes, so runs never mix pod configurations.
+    pods = {name: block_key(merge(task_block(catalog, n) for n in group)) for group in members.values() for name in group}
+    ordered = sorted(members.values(), key=lambda group: (pods[group[0]], catalog.tasks[group[0]].agent or "", group[0]))
     runs: list[list[str]] = [[]]
     for group in ordered:
-        if runs[-1] and len(runs[-1]) + len(group) > MAX_TASKS_PER_RUN:
+        if runs[-1] and (len(runs[-1]) + len(group) > MAX_TASKS_PER_RUN or pods[runs[-1][0]] != pods[group[0]]):
             runs.append([])
         runs[-1].extend(group)
     stamp = format_due(window_start)

@@ -34,6 +34,8 @@ from agent_pipelines import tags
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.grouping import op_of
+from agent_pipelines.kubernetes_config import run_tags as kubernetes_run_tags
+from agent_pipelines.kubernetes_config import task_block
 from agent_pipelines.scheduling.heartbeat import SILENT_AFTER_S
 from agent_pipelines.scheduling.planning import (
     LEAD,
@@ -231,6 +233,7 @@ class Scheduler:
     def _carried_tags(self, names: Sequence[str]) -> dict[str, str]:
         agents = sorted({self.catalog.tasks[n].agent or "" for n in names})
         carried = {tags.TASKS: tags.summary(sorted(names)), tags.AGENTS: tags.summary(agents)}
+        carried |= kubernetes_run_tags(task_block(self.catalog, n) for n in sorted(names))
         if len(names) == 1:
             task = self.catalog.tasks[names[0]]
             carried |= {tags.TASK: task.name, tags.AGENT: task.agent or "", tags.OWNER: tags.owner_label(task.owner)}
