@@ -58,8 +58,9 @@ class Account:
 
     @property
     def unexplained(self) -> list[Due]:
-        """Never delivered and not accounted for by a terminal `missed`/`skipped` with a reason."""
-        return [d for d in self.never if d.status not in (status.MISSED, status.SKIPPED) or not d.reason]
+        """Never delivered and not accounted for by a terminal state with a reason: `missed` or
+        `skipped`, or `unknown` (marked as leaving when the crash came: it may have arrived)."""
+        return [d for d in self.never if d.status not in (status.MISSED, status.SKIPPED, status.UNKNOWN) or not d.reason]
 
     def never_by_state(self) -> dict[str, int]:
         return dict(collections.Counter(f"{d.status}: {d.reason}" for d in self.never))

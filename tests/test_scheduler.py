@@ -6,6 +6,8 @@ launched, lost publications reported."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 import textwrap
 from pathlib import Path
 
@@ -289,3 +291,33 @@ def test_a_result_its_run_never_published_is_reported(catalog, store, instance) 
     assert record.asset_materialization.metadata["run"].value == run.run_id
     scheduler.tick(cursor, now + dt.timedelta(seconds=120), instance)
     assert len(instance.fetch_materializations(dg.AssetKey("daily"), limit=5).records) == 1, "reported once"
+
+
+def test_a_run_whose_process_is_gone_is_settled_at_once_not_after_the_silence(catalog, store, instance) -> None:
+    """On the run workers' own machine a beat names its process: a killed worker is dead now,
+    though its last beat is fresh."""
+    import subprocess
+
+    from agent_pipelines.scheduling.heartbeat import _process_start, worker_gone
+
+    victim = subprocess.Popen(["sleep", "60"])
+    worker = f"{socket.gethostname()}:{victim.pid}:{_process_start(victim.pid)}"
+    assert not worker_gone(worker)
+    run = instance.add_run(dg.DagsterRun(job_name="scheduled_tasks_job", status=dg.DagsterRunStatus.STARTED))
+    alive = instance.add_run(dg.DagsterRun(job_name="scheduled_tasks_job", status=dg.DagsterRunStatus.STARTED))
+    store.beat(run.run_id, worker)
+    store.beat(alive.run_id, f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}")
+    store.claim([Claim("alive-key", "every_20s", "a", alive.run_id, "schedule", None, "v")])
+    _held(store, run.run_id)
+    victim.kill()
+    victim.wait()
+    assert worker_gone(worker)
+    assert not worker_gone(f"another-host:{victim.pid}:1"), "another machine's processes are not ours to judge"
+
+    scheduler = _scheduler(catalog, store)
+    scheduler.tick(*_now_quietly(), instance)
+    assert [(r, n) for r, _why, n in scheduler.report.settled_runs] == [(run.run_id, 3)]
+    assert "is gone" in scheduler.report.settled_runs[0][1]
+    assert store.get_execution("unsent").status == "not_sent"
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert store.get_execution("alive-key").status == "claimed"

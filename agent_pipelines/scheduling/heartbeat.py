@@ -4,12 +4,20 @@ Dagster's default run launcher cannot tell whether a run's process still exists:
 with its machine stays STARTED until run monitoring's max runtime, and whatever it held (a
 request in flight, a catch-up it took over) would wait that long. `task_scheduler_sensor` reads
 these beats instead and settles a silent run within `SILENT_AFTER_S` (see `sensors.scheduler`).
+
+Each beat also names its process (`host:pid:start`). The scheduler runs on the run workers'
+machine when Dagster's default launcher is used (`up`, one machine): there a run whose process
+no longer exists is dead at once, whatever its last beat says, and its due times are rescued
+within seconds instead of after the silence timeout. Elsewhere (pods) only the timeout applies.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+from pathlib import Path
 from types import TracebackType
 
 from agent_pipelines.store import StateStore
@@ -18,6 +26,35 @@ from agent_pipelines.store import StateStore
 BEAT_EVERY_S = 5.0
 #: A run silent for this long is dead (generous: a loaded 2-core machine can starve a thread).
 SILENT_AFTER_S = 45.0
+
+
+def this_worker() -> str:
+    """`host:pid:start` of this process (start: clock ticks after boot, so a reused pid differs)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or ''}"
+
+
+def worker_gone(worker: str | None) -> bool:
+    """True only when `worker` ran on this machine and that process has ended (or is a zombie)."""
+    if not worker or not Path("/proc/self/stat").exists():
+        return False
+    try:
+        host, pid, start = worker.rsplit(":", 2)
+        number = int(pid)
+    except ValueError:
+        return False
+    if host != socket.gethostname() or not start:
+        return False
+    return _process_start(number) != start
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time from /proc (None when it is gone or a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    state, start = fields[0], fields[19]
+    return None if state in ("Z", "X") else start
 
 
 class RunHeartbeat:
@@ -29,6 +66,7 @@ class RunHeartbeat:
         self.store = store
         self.run_id = run_id
         self.every_s = every_s
+        self.worker = this_worker()
         self.log = log or logging.getLogger(__name__)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat_until_stopped, name="agent-pipelines-heartbeat", daemon=True)
@@ -52,6 +90,6 @@ class RunHeartbeat:
 
     def _beat(self) -> None:
         try:
-            self.store.beat(self.run_id)
+            self.store.beat(self.run_id, self.worker)
         except Exception:  # noqa: BLE001 - a missed beat is harmless; the next one may succeed
             self.log.warning("heartbeat of run %s failed", self.run_id, exc_info=True)

@@ -36,7 +36,7 @@ from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.grouping import op_of
 from agent_pipelines.kubernetes_config import run_tags as kubernetes_run_tags
 from agent_pipelines.kubernetes_config import task_block
-from agent_pipelines.scheduling.heartbeat import SILENT_AFTER_S
+from agent_pipelines.scheduling.heartbeat import SILENT_AFTER_S, worker_gone
 from agent_pipelines.scheduling.planning import (
     LEAD,
     WINDOW,
@@ -274,12 +274,15 @@ class Scheduler:
         if any(r.dagster_run.status != dg.DagsterRunStatus.STARTED for r in records):
             return None
         beats = self.store.last_beats([r.dagster_run.run_id for r in records])
+        workers = self.store.beat_workers([r.dagster_run.run_id for r in records])
         fresh = now - dt.timedelta(seconds=SILENT_AFTER_S)
         carried: set[str] = set()
         for record in records:
             run = record.dagster_run
             beat = beats.get(run.run_id)
             started = record.start_time or 0.0
+            if worker_gone(workers.get(run.run_id)):
+                continue
             if (beat is not None and beat >= fresh) or (beat is None and started >= fresh.timestamp()):
                 config = run.run_config.get("ops", {}).get("send_scheduled_tasks", {}).get("config", {})
                 carried.update(config.get("tasks") or [t.name for t in timed_tasks(self.catalog)])
@@ -391,6 +394,7 @@ class Scheduler:
             return
         records = {r.dagster_run.run_id: r for r in instance.get_run_records(dg.RunsFilter(run_ids=list(held)))}
         beats = self.store.last_beats(list(held))
+        workers = self.store.beat_workers(list(held))
         silent_since = now - dt.timedelta(seconds=SILENT_AFTER_S)
         for run_id in held:
             record = records.get(run_id)
@@ -404,8 +408,11 @@ class Scheduler:
             elif record.dagster_run.status == dg.DagsterRunStatus.STARTED:
                 beat = beats.get(run_id)
                 started = record.start_time
-                if (beat is not None and beat < silent_since) or (beat is None and started is not None and started < silent_since.timestamp()):
+                if worker_gone(workers.get(run_id)):
+                    why = f"its run's process ({workers[run_id]}) is gone: killed"
+                elif (beat is not None and beat < silent_since) or (beat is None and started is not None and started < silent_since.timestamp()):
                     why = f"its run fell silent (no heartbeat for {SILENT_AFTER_S:g} s: killed, or its machine lost)"
+                if why is not None:
                     instance.report_run_failed(record.dagster_run, f"agent_pipelines: {why}")
             if why is None:
                 continue

@@ -12,11 +12,11 @@ from agent_pipelines.store.base import StoreBase, aware, chunks, utcnow
 
 
 class RunHeartbeats(StoreBase):
-    def beat(self, run_id: str) -> None:
+    def beat(self, run_id: str, worker: str | None = None) -> None:
         table = schema.run_heartbeats
         now = utcnow()
-        statement = self._insert(table).values(run_id=run_id, beat_at=now)
-        statement = statement.on_conflict_do_update(index_elements=[table.c.run_id], set_={"beat_at": now})
+        statement = self._insert(table).values(run_id=run_id, beat_at=now, worker=worker)
+        statement = statement.on_conflict_do_update(index_elements=[table.c.run_id], set_={"beat_at": now, "worker": worker})
         with self.engine.begin() as conn:
             conn.execute(statement)
 
@@ -34,4 +34,14 @@ class RunHeartbeats(StoreBase):
             for part in chunks(list(run_ids)):
                 rows = conn.execute(sa.select(table.c.run_id, table.c.beat_at).where(table.c.run_id.in_(list(part)))).all()
                 found.update({row.run_id: aware(row.beat_at) for row in rows})  # type: ignore[misc]
+        return found
+
+    def beat_workers(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """Run id -> the process that last beat for it (`host:pid:start`), where known."""
+        table = schema.run_heartbeats
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for part in chunks(list(run_ids)):
+                rows = conn.execute(sa.select(table.c.run_id, table.c.worker).where(table.c.run_id.in_(list(part)))).all()
+                found.update({row.run_id: row.worker for row in rows if row.worker})
         return found

@@ -105,6 +105,8 @@ run_heartbeats = sa.Table(
     # Refreshed every few seconds by each live run that executes tasks (agent_pipelines.scheduling.heartbeat).
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
+    # host:pid:start of the process that beats: on that host, a gone process means a dead run now
+    sa.Column("worker", sa.String(255)),
 )
 
 leadership = sa.Table(
