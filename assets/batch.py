@@ -131,7 +131,7 @@ def build_batch_assets(catalog: Catalog, task: TaskSpec) -> list[dg.AssetsDefini
     @dg.multi_asset(
         name=task.name,
         specs=[spec],
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=dg.BackfillPolicy.multi_run(task.shards_per_run) if task.shards_per_run else dg.BackfillPolicy.single_run(),
         op_tags={tags.TASK: task.name, **kubernetes_run_tags([task_block(catalog, task.name)])},  # step pods (k8s_job_executor)
     )
     def _run_shards(

@@ -221,3 +221,13 @@ def test_a_pod_launcher_with_results_on_the_pods_disk_is_refused(tmp_path: Path,
     why = failure.step_failure_data.error.message
     assert "AGENT_PIPELINES_RESULTS_URL" in why and "K8sRunLauncher" in why, why
     assert sum(agent.state.requests_total for agent in fleet) == 0, "no agent was called"
+
+
+def test_shards_per_run_makes_a_backfill_one_run_per_shard(tmp_path: Path, fleet) -> None:  # noqa: F811
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    single = build_definitions(load_catalog(_catalog(tmp_path / "one", fleet)))
+    split = build_definitions(load_catalog(_catalog(tmp_path / "many", fleet, task_extra="    shards_per_run: 1")))
+    key = dg.AssetKey("score_tickets")
+    assert single.resolve_assets_def(key).backfill_policy == dg.BackfillPolicy.single_run()
+    assert split.resolve_assets_def(key).backfill_policy == dg.BackfillPolicy.multi_run(1)

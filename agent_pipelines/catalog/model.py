@@ -504,6 +504,12 @@ class TaskSpec(Spec):
     shards: int | None = Field(default=None, ge=1, le=1000)
     shard_by: str | None = Field(default=None, description="batch tasks: one shard per value of this column")
     max_failure_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    shards_per_run: int | None = Field(
+        default=None,
+        ge=1,
+        description="batch tasks: a backfill launches one run per this many shards (default: one run for all); "
+        "on Kubernetes each run is a pod of its own",
+    )
     checks: ChecksSpec | None = None
     tuning: TuningSpec | None = None
     kubernetes: KubernetesBlock | None = Field(
@@ -525,7 +531,7 @@ class TaskSpec(Spec):
     @model_validator(mode="after")
     def _batch_fields(self) -> TaskSpec:
         if self.items is None:
-            for name in ("shards", "shard_by"):
+            for name in ("shards", "shard_by", "shards_per_run"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"`{name}` only applies to batch tasks (tasks with `items`)")
             return self
