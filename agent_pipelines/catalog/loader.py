@@ -122,9 +122,16 @@ def default_catalog_path() -> Path:
 
 
 def catalog_files(path: Path) -> list[Path]:
+    """The YAML files under `path`, leaving out hidden ones and hidden directories: editors' and
+    git's, and a Kubernetes ConfigMap volume's timestamped copy (`..2026_...`, `..data`) of the
+    files it also links at the top."""
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.suffix in {".yaml", ".yml"} and p.is_file())
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix in {".yaml", ".yml"} and p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
 
 
 def _display(path: Path) -> str:
