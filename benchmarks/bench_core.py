@@ -264,11 +264,21 @@ def bench_lateness(design: Design, minutes: float) -> dict[str, list[float]]:
             if due is None or not warm <= due <= until:
                 continue
             (boundary if ":boundary_" in key else spread).append((request.received_at - due) * 1000.0)
+        # The dispatcher's own record: when each request left (the agent server, in this
+        # process on the same 2 cores, takes a 200-request burst in over ~100-200 ms).
+        sent_boundary, sent_spread = [], []
+        for row in b.executions():
+            due = _due_of(row.idempotency_key)
+            if due is None or row.lateness_ms is None or not warm <= due <= until:
+                continue
+            (sent_boundary if ":boundary_" in row.idempotency_key else sent_spread).append(float(row.lateness_ms))
     print(f"\n== lateness at 1,000 tasks per minute, {design.name}: due time -> agent request")
     print(f"  at minute boundaries (200 at once): {summary(boundary)}")
     print(f"  spread over the minute (800):       {summary(spread)}")
     print(f"  all:                                {summary(boundary + spread)}")
-    return {"boundary": boundary, "all": boundary + spread}
+    print(f"  sent (dispatcher's record), boundary: {summary(sent_boundary)}")
+    print(f"  sent (dispatcher's record), spread:   {summary(sent_spread)}")
+    return {"boundary": boundary, "all": boundary + spread, "sent_boundary": sent_boundary, "sent_all": sent_boundary + sent_spread}
 
 
 def bench_events(design: Design, count: int) -> dict[str, list[float]]:
