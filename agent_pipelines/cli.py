@@ -189,9 +189,33 @@ def task_list(path: Path | None) -> None:
     instance, store = _open_store()
     with instance:
         rows = task_rows(catalog, store)
+    _print_rows(rows)
+
+
+def _print_rows(rows: list) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))] if rows else []
     for row in rows:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@main.group()
+def agent() -> None:
+    """Inspect agents: list (lifecycle state, next due time, wakes and hours up)."""
+
+
+@agent.command("list")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def agent_list(path: Path | None) -> None:
+    """Every agent: always on, or its lifecycle backend and state (asleep, waking, ready,
+    draining, failed), its next due time, wakes, cold starts and hours up over the last 24 h."""
+    import datetime as dt
+
+    from agent_pipelines.lifecycle.report import agent_rows
+
+    catalog = load_catalog(path or default_catalog_path())
+    instance, store = _open_store()
+    with instance:
+        _print_rows(agent_rows(catalog, store, dt.datetime.now(dt.timezone.utc)))
 
 
 def _control(name: str, action: str, reason: str | None, variables: dict | None = None, event: dict | None = None) -> None:

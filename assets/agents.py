@@ -1,4 +1,5 @@
-"""Every agent as an asset (`agents/<name>`), with a `healthy` check.
+"""Every agent as an asset (`agents/<name>`), with a `healthy` check, and for agents with a
+`lifecycle:` a `wakes` check and lifecycle observations (agent_pipelines.lifecycle.publication).
 
 The dispatcher evaluates the check whenever an agent's state changes (marked unhealthy after
 repeated refused connections or credentials, healthy again once it answers). Executing the check
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 import dagster as dg
 
 from agent_pipelines.catalog.loader import Catalog
+from agent_pipelines.lifecycle.publication import WAKES_CHECK, wakes_evaluation
 from agent_pipelines.scheduling import event_loop
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
 from agent_pipelines.scheduling.publication import HEALTHY_CHECK, agent_asset_key
 from resources.agents import AgentsResource
+from agent_pipelines.store.lifecycle import LifecycleState
 from resources.store import StoreResource
 
 
@@ -50,12 +53,29 @@ def build_agent_definitions(catalog: Catalog) -> dg.Definitions:
             description="Requests go to this agent (not skipped after repeated refused connections or credentials).",
         )
         for agent in catalog.agents.values()
+    ] + [
+        dg.AssetCheckSpec(
+            WAKES_CHECK,
+            asset=agent_asset_key(agent.name),
+            description=f"Its last wake ({agent.lifecycle.backend}) brought it up within {agent.lifecycle.ready.timeout:g} s.",
+        )
+        for agent in catalog.agents.values()
+        if agent.lifecycle is not None
     ]
 
     @dg.multi_asset_check(specs=checks, can_subset=True, name="probe_agents", description="Probes the selected agents now.")
     def probe_agents(context: dg.AssetCheckExecutionContext, store: StoreResource, agents: AgentsResource) -> Iterator[dg.AssetCheckResult]:
-        names = [key.asset_key.path[-1] for key in context.selected_asset_check_keys]
+        names = [key.asset_key.path[-1] for key in context.selected_asset_check_keys if key.name == HEALTHY_CHECK]
         state = store.for_instance(context.instance)
+        lifecycle = state.lifecycle_states()
+        for key in context.selected_asset_check_keys:
+            if key.name == WAKES_CHECK:
+                agent = key.asset_key.path[-1]
+                found = lifecycle.get(agent) or LifecycleState(agent, "asleep", SYSTEM_CLOCK.now(), detail="never woken yet")
+                evaluation = wakes_evaluation(agent, found)
+                yield dg.AssetCheckResult(
+                    asset_key=evaluation.asset_key, check_name=WAKES_CHECK, passed=evaluation.passed, description=evaluation.description, metadata=evaluation.metadata
+                )
 
         async def probe_all() -> list:
             async with agents.pool(catalog.agents) as pool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import textwrap
 from pathlib import Path
 
@@ -298,15 +297,15 @@ def test_a_run_whose_process_is_gone_is_settled_at_once_not_after_the_silence(ca
     though its last beat is fresh."""
     import subprocess
 
-    from agent_pipelines.scheduling.heartbeat import _process_start, worker_gone
+    from agent_pipelines.process_identity import identity_of, is_gone as worker_gone
 
     victim = subprocess.Popen(["sleep", "60"])
-    worker = f"{socket.gethostname()}:{victim.pid}:{_process_start(victim.pid)}"
+    worker = identity_of(victim.pid)
     assert not worker_gone(worker)
     run = instance.add_run(dg.DagsterRun(job_name="scheduled_tasks_job", status=dg.DagsterRunStatus.STARTED))
     alive = instance.add_run(dg.DagsterRun(job_name="scheduled_tasks_job", status=dg.DagsterRunStatus.STARTED))
     store.beat(run.run_id, worker)
-    store.beat(alive.run_id, f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}")
+    store.beat(alive.run_id, identity_of(os.getpid()))
     store.claim([Claim("alive-key", "every_20s", "a", alive.run_id, "schedule", None, "v")])
     _held(store, run.run_id)
     victim.kill()

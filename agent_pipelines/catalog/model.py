@@ -16,7 +16,6 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -25,10 +24,11 @@ from pydantic import (
 )
 
 from agent_pipelines.catalog.durations import format_duration, parse_duration
+from agent_pipelines.catalog.lifecycle import LifecycleSpec
+from agent_pipelines.catalog.spec import ENV_VAR_RE, Spec
 from agent_pipelines.kubernetes_config import check_block
 
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
-ENV_VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _TAG_PART = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 _TAG_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -37,10 +37,6 @@ Name = Annotated[str, Field(pattern=NAME_RE, description="lower_snake_case, used
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 #: dagster-k8s's `dagster-k8s/config` sections, checked against the Kubernetes API models.
 KubernetesBlock = Annotated[dict[str, Any], AfterValidator(check_block)]
-
-
-class Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,6 +103,9 @@ class AgentSpecBase(Spec):
     cost_per_1k_tokens: float | None = Field(default=None, ge=0, description="for cost in the prompt history")
     kubernetes: KubernetesBlock | None = Field(
         default=None, description="pods of runs that call this agent, on Kubernetes (resources, tolerations, ...)"
+    )
+    lifecycle: LifecycleSpec | None = Field(
+        default=None, description="wake the agent before it is needed, let it sleep after (http, kubernetes or command)"
     )
 
     @field_validator("base_url")

@@ -34,6 +34,7 @@ from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.checks import CheckOutcome, Judged, judge_verdict, local_checks
 from agent_pipelines.prompts.registry import PromptRegistry
+from agent_pipelines.lifecycle.gate import LifecycleGate
 from agent_pipelines.scheduling.agent_health import HealthGate
 from agent_pipelines.scheduling.attempts import AttemptMarker
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK, Clock
@@ -131,6 +132,7 @@ class Dispatcher:
         self.health = HealthGate(
             catalog, store, clock, self.log, on_change=lambda h: publish(Publication(key="", task="", events=(health_check(h),)))
         )
+        self.lifecycle = LifecycleGate(catalog, store, clock, self.log)
         self.recorder = Recorder(
             catalog=catalog, store=store, run_id=run_id, health=self.health, publish=publish, log=self.log, every_success=every_success
         )
@@ -209,6 +211,7 @@ class Dispatcher:
         self.marker = AttemptMarker(self.recorder, self.clock)
         self.turns = TurnGate(self.store, self.clock)
         self.health.refresh(force=True)
+        self.lifecycle.refresh(force=True)
         if not self.recorder.every_success:
             self.recorder.known_outcomes(self.store.latest_outcomes(sorted(carried)))
         self._paused, self._paused_at = self.store.paused_tasks(), self.clock.time()
@@ -306,6 +309,7 @@ class Dispatcher:
                 continue
             attempts.append(prepared)
         self.health.refresh()
+        self.lifecycle.refresh()
         if self.clock.time() - self._paused_at >= PAUSED_REFRESH_S:
             self._paused, self._paused_at = self.store.paused_tasks(), self.clock.time()
         return attempts
@@ -346,6 +350,11 @@ class Dispatcher:
             reason = await self.health.admit(agent, self.pool)
             if reason is not None:
                 self._finish(Finished(item, status.SKIPPED, reason=reason, version=attempt.version))
+                return
+            reason = await self.lifecycle.admit(agent, item.task.name)
+            if reason is not None:
+                problem = AgentCallError(FailureKind.CONNECTION, reason)
+                self._finish(Finished(item, status.FAILED, problem=problem, reason="nothing was sent", version=attempt.version))
                 return
             try:
                 connection = self.pool.connection(agent)

@@ -14,47 +14,16 @@ within seconds instead of after the silence timeout. Elsewhere (pods) only the t
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-from pathlib import Path
 from types import TracebackType
 
+from agent_pipelines.process_identity import this_process
 from agent_pipelines.store import StateStore
 
 #: How often a live run beats.
 BEAT_EVERY_S = 5.0
 #: A run silent for this long is dead (generous: a loaded 2-core machine can starve a thread).
 SILENT_AFTER_S = 45.0
-
-
-def this_worker() -> str:
-    """`host:pid:start` of this process (start: clock ticks after boot, so a reused pid differs)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or ''}"
-
-
-def worker_gone(worker: str | None) -> bool:
-    """True only when `worker` ran on this machine and that process has ended (or is a zombie)."""
-    if not worker or not Path("/proc/self/stat").exists():
-        return False
-    try:
-        host, pid, start = worker.rsplit(":", 2)
-        number = int(pid)
-    except ValueError:
-        return False
-    if host != socket.gethostname() or not start:
-        return False
-    return _process_start(number) != start
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time from /proc (None when it is gone or a zombie)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    state, start = fields[0], fields[19]
-    return None if state in ("Z", "X") else start
 
 
 class RunHeartbeat:
@@ -66,7 +35,7 @@ class RunHeartbeat:
         self.store = store
         self.run_id = run_id
         self.every_s = every_s
-        self.worker = this_worker()
+        self.worker = this_process()
         self.log = log or logging.getLogger(__name__)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat_until_stopped, name="agent-pipelines-heartbeat", daemon=True)

@@ -36,7 +36,8 @@ from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.grouping import op_of
 from agent_pipelines.kubernetes_config import run_tags as kubernetes_run_tags
 from agent_pipelines.kubernetes_config import task_block
-from agent_pipelines.scheduling.heartbeat import SILENT_AFTER_S, worker_gone
+from agent_pipelines.process_identity import is_gone as worker_gone
+from agent_pipelines.scheduling.heartbeat import SILENT_AFTER_S
 from agent_pipelines.scheduling.planning import (
     LEAD,
     WINDOW,

@@ -47,6 +47,7 @@ executions = sa.Table(
     sa.Index("ix_agent_pipelines_executions_task_created", "task", "created_at"),
     sa.Index("ix_agent_pipelines_executions_run", "run_id"),
     sa.Index("ix_agent_pipelines_executions_task_due", "task", "due_time"),
+    sa.Index("ix_agent_pipelines_executions_agent_updated", "agent", "updated_at"),
     sa.Index("ix_agent_pipelines_executions_status", "status"),
 )
 
@@ -121,6 +122,32 @@ leadership = sa.Table(
     sa.Column("released_at", sa.DateTime(timezone=True)),  # NULL: held, or its holder died
     sa.Column("reason", sa.Text),  # why it was released
     sa.Index("ix_agent_pipelines_leadership_role_term", "role", "term"),
+)
+
+agent_lifecycle = sa.Table(
+    "agent_pipelines_agent_lifecycle",
+    metadata,
+    # One row per agent with a `lifecycle:` (agent_pipelines.lifecycle): asleep -> waking ->
+    # ready -> asleep, or failed when a wake did not work.
+    sa.Column("agent", sa.String(128), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("woke_at", sa.DateTime(timezone=True)),  # the current (or last) wake
+    sa.Column("process", sa.String(255)),  # command backend: host:pid:start of the agent's process
+    sa.Column("detail", sa.Text),  # why it is in this state
+)
+
+lifecycle_events = sa.Table(
+    "agent_pipelines_lifecycle_events",
+    metadata,
+    # wake, ready, sleep, wake_failed, cold (a task found its agent asleep), exited: the history
+    # behind agent-hours and the UI's wake/sleep plots.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("agent", sa.String(128), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Index("ix_agent_pipelines_lifecycle_events_agent_at", "agent", "at"),
 )
 
 task_sessions = sa.Table(

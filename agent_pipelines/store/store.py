@@ -1,7 +1,7 @@
 """Access to agent_pipelines' own tables, wherever the Dagster instance keeps its storage.
 
 One `StateStore` per database URL per process; its methods are grouped by the tables they
-touch (executions, events, conversations, agent health, tasks, heartbeats, leadership).
+touch (executions, events, conversations, agent health, tasks, heartbeats, leadership, agent lifecycle).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from agent_pipelines.store.events import EventLog
 from agent_pipelines.store.executions import ExecutionRecords
 from agent_pipelines.store.heartbeats import RunHeartbeats
 from agent_pipelines.store.leadership import LeadershipRecords
+from agent_pipelines.store.lifecycle import LifecycleRecords
 from agent_pipelines.store.migrate import ensure_migrated
 from agent_pipelines.store.tasks import TaskRecords
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
 
-class StateStore(ExecutionRecords, EventLog, Conversations, AgentHealthRecords, TaskRecords, RunHeartbeats, LeadershipRecords):
+class StateStore(ExecutionRecords, EventLog, Conversations, AgentHealthRecords, TaskRecords, RunHeartbeats, LeadershipRecords, LifecycleRecords):
     _instances: dict[str, StateStore] = {}
     _lock = threading.Lock()
 

@@ -1,0 +1,44 @@
+"""What `agent-pipelines agent list` and the agents' assets show: each agent's lifecycle state,
+its next due time, and how long it was up."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from agent_pipelines.catalog.loader import Catalog
+from agent_pipelines.lifecycle.controller import agent_hours
+from agent_pipelines.lifecycle.decisions import next_due
+from agent_pipelines.store import StateStore
+
+HEADER = ("agent", "kind", "lifecycle", "state", "since", "next due", "wakes 24h", "cold 24h", "hours up 24h")
+
+
+def agent_rows(catalog: Catalog, store: StateStore, now: dt.datetime) -> list[tuple[str, ...]]:
+    states = store.lifecycle_states()
+    day_ago = now - dt.timedelta(days=1)
+    events = store.lifecycle_events(since=day_ago - dt.timedelta(days=1))
+    hours = agent_hours(events, now, since=day_ago)
+    rows: list[tuple[str, ...]] = [HEADER]
+    for name, agent in sorted(catalog.agents.items()):
+        tasks = [t for t in catalog.regular_tasks.values() if t.agent == name]
+        upcoming = next_due(tasks, now, dt.timedelta(days=2))
+        due = f"{upcoming[0].isoformat(timespec='seconds')} ({upcoming[1]})" if upcoming else "-"
+        if agent.lifecycle is None:
+            rows.append((name, agent.kind, "always on", "-", "-", due, "-", "-", "-"))
+            continue
+        state = states.get(name)
+        recent = [e for e in events if e.agent == name and e.at >= day_ago]
+        rows.append(
+            (
+                name,
+                agent.kind,
+                agent.lifecycle.backend,
+                state.state if state else "asleep",
+                state.since.isoformat(timespec="seconds") if state else "-",
+                due,
+                str(sum(1 for e in recent if e.event == "wake")),
+                str(sum(1 for e in recent if e.event == "cold")),
+                f"{hours.get(name, 0.0):.2f}",
+            )
+        )
+    return rows
