@@ -198,6 +198,36 @@ def _print_rows(rows: list) -> None:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
+@main.command()
+@click.option("--by", type=click.Choice(["task", "agent", "owner"]), default="task", show_default=True)
+@click.option("--days", default=7, show_default=True, type=int, help="UTC days back from today")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per row")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def cost(by: str, days: int, as_json: bool, path: Path | None) -> None:
+    """Token cost (from the agents' `pricing`) and, for agents and owners, the hours their managed
+    agents were up and what those cost (`lifecycle.hourly_cost`), per UTC day."""
+    import dataclasses
+    import datetime as dt
+    import json
+
+    from agent_pipelines.costs import cost_report
+
+    catalog = load_catalog(path or default_catalog_path())
+    instance, store = _open_store()
+    with instance:
+        rows = cost_report(catalog, store, by, days, dt.datetime.now(dt.timezone.utc))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({**dataclasses.asdict(row), "day": row.day.isoformat(), "total": row.total}))
+        return
+    table = [("day", by, "executions", "token cost", "hours up", "uptime cost", "total")]
+    table += [
+        (r.day.isoformat(), r.group, str(r.executions), f"{r.token_cost:.4f}", f"{r.hours_up:.2f}", f"{r.uptime_cost:.4f}", f"{r.total:.4f}")
+        for r in rows
+    ]
+    _print_rows(table)
+
+
 @main.group()
 def agent() -> None:
     """Inspect agents: list (lifecycle state, next due time, wakes and hours up)."""

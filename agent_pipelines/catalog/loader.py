@@ -22,6 +22,7 @@ from agent_pipelines.catalog.model import (
     AGENT_SPEC_TYPES,
     SCHEDULE_KINDS,
     AgentSpec,
+    BudgetSpec,
     EventSourceSpec,
     FleetSpec,
     TaskSpec,
@@ -32,8 +33,8 @@ from agent_pipelines.catalog.limits import max_file_bytes, max_prompt_chars
 from agent_pipelines.catalog.yaml_lines import LineDict, YamlLoadError, line_at, load_yaml_with_lines
 
 CATALOG_ENV_VAR = "AGENT_PIPELINES_CATALOG"
-TOP_LEVEL_KEYS = ("agents", "fleets", "tasks", "sources")
-SpecKind = Literal["file", "agent", "fleet", "task", "source"]
+TOP_LEVEL_KEYS = ("agents", "fleets", "tasks", "sources", "budgets")
+SpecKind = Literal["file", "agent", "fleet", "task", "source", "budget"]
 
 
 @dataclass(frozen=True, order=True)
@@ -73,6 +74,7 @@ class Catalog:
     locations: Mapping[str, Source]  # "agent:<name>" / "task:<name>" / "source:<name>"
     problems: tuple[CatalogProblem, ...]
     files: tuple[str, ...]
+    budgets: Mapping[str, BudgetSpec] = field(default_factory=dict)  # by name: teams' daily budgets
     prompt_versions: Mapping[str, str] = field(default_factory=dict)  # what runs (registry applied)
     base_versions: Mapping[str, str] = field(default_factory=dict)  # what the catalog declares
 
@@ -177,13 +179,14 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
     elif not files:
         problems.add_file(_display(root), None, "no .yaml or .yml files found")
 
-    raw: dict[str, list[_Item]] = {"agents": [], "fleets": [], "tasks": [], "sources": []}
+    raw: dict[str, list[_Item]] = {"agents": [], "fleets": [], "tasks": [], "sources": [], "budgets": []}
     for file in files:
         _read_file(file, raw, problems)
 
     agents = _validate_agents(raw["agents"], problems)
     fleets = _validate_fleets(raw["fleets"], problems)
     sources = _validate_sources(raw["sources"], problems)
+    budgets = _validate_budgets(raw["budgets"], problems)
     tasks = _validate_tasks(raw["tasks"], agents, fleets, sources, problems)
     ordered = _drop_cycles_and_dependents(tasks, problems)
 
@@ -198,6 +201,7 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
         locations=locations,
         problems=tuple(sorted(problems.items, key=lambda p: (p.file, p.line or 0, p.message))),
         files=tuple(_display(f) for f in files),
+        budgets=budgets,
     )
     versions = {name: prompt_version(spec, catalog.agent_of(spec)) for name, spec in valid_tasks.items()}
     object.__setattr__(catalog, "prompt_versions", versions)
@@ -218,7 +222,7 @@ def _read_file(file: Path, raw: dict[str, list[_Item]], problems: _Problems) -> 
         problems.add_file(
             shown,
             getattr(document, "line", 1),
-            "top level must be a mapping with `agents:`, `fleets:`, `tasks:` and/or `sources:`",
+            "top level must be a mapping with `agents:`, `fleets:`, `tasks:`, `sources:` and/or `budgets:`",
         )
         return
     for key in document:
@@ -226,7 +230,7 @@ def _read_file(file: Path, raw: dict[str, list[_Item]], problems: _Problems) -> 
             problems.add_file(
                 shown, document.line_of(key), f"unknown top-level key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}"
             )
-    for key, kind in (("agents", "agent"), ("fleets", "fleet"), ("tasks", "task"), ("sources", "source")):
+    for key, kind in (("agents", "agent"), ("fleets", "fleet"), ("tasks", "task"), ("sources", "source"), ("budgets", "budget")):
         bucket = raw[key]
         entries = document.get(key)
         if entries is None:
@@ -366,6 +370,16 @@ def _validate_sources(items: list[_Item], problems: _Problems) -> dict[str, Even
         except ValidationError as exc:
             _report_validation_error(item, exc, EventSourceSpec, problems)
     return sources
+
+
+def _validate_budgets(items: list[_Item], problems: _Problems) -> dict[str, BudgetSpec]:
+    budgets: dict[str, BudgetSpec] = {}
+    for item in _check_duplicates(items, problems):
+        try:
+            budgets[item.name] = BudgetSpec.model_validate(dict(item.raw))
+        except ValidationError as exc:
+            _report_validation_error(item, exc, BudgetSpec, problems)
+    return budgets
 
 
 def _validate_tasks(

@@ -51,6 +51,20 @@ class RateLimitSpec(Spec):
     tokens_per_minute: int | None = Field(default=None, ge=1)
 
 
+class ModelPriceSpec(Spec):
+    input_per_1k: float = Field(ge=0, description="per 1,000 prompt tokens")
+    output_per_1k: float = Field(ge=0, description="per 1,000 completion tokens")
+
+
+class PricingSpec(ModelPriceSpec):
+    """What the agent's tokens cost; `models` overrides the price for the model an answer names."""
+
+    models: dict[str, ModelPriceSpec] = Field(default_factory=dict)
+
+    def price_for(self, model: str | None) -> ModelPriceSpec:
+        return self.models.get(model or "", self)
+
+
 class AgentHealthSpec(Spec):
     """When an agent counts as unhealthy, and how it is probed until it is back."""
 
@@ -100,7 +114,8 @@ class AgentSpecBase(Spec):
     rate_limit: RateLimitSpec | None = Field(
         default=None, description="requests and tokens per minute this agent accepts (batch tasks)"
     )
-    cost_per_1k_tokens: float | None = Field(default=None, ge=0, description="for cost in the prompt history")
+    cost_per_1k_tokens: float | None = Field(default=None, ge=0, description="one price for every token (see `pricing`)")
+    pricing: PricingSpec | None = Field(default=None, description="token prices, per model if they differ")
     kubernetes: KubernetesBlock | None = Field(
         default=None, description="pods of runs that call this agent, on Kubernetes (resources, tolerations, ...)"
     )
@@ -143,6 +158,17 @@ class AgentSpecBase(Spec):
         if self.auth_env and self.auth_file:
             raise ValueError("set at most one of `auth_env` and `auth_file`")
         return self
+
+    def token_cost(self, model: str | None, tokens_in: int | None, tokens_out: int | None) -> float | None:
+        """What an answer cost, from `pricing` (or `cost_per_1k_tokens`); None when unknown."""
+        if tokens_in is None and tokens_out is None:
+            return None
+        if self.pricing is not None:
+            price = self.pricing.price_for(model)
+            return ((tokens_in or 0) * price.input_per_1k + (tokens_out or 0) * price.output_per_1k) / 1000
+        if self.cost_per_1k_tokens is not None:
+            return ((tokens_in or 0) + (tokens_out or 0)) * self.cost_per_1k_tokens / 1000
+        return None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -477,6 +503,18 @@ def _owner_shorthand(value: Any) -> Any:
     return value
 
 
+class BudgetLimitSpec(Spec):
+    per_day: float = Field(gt=0, description="token cost per UTC day (in the unit of the agents' `pricing`)")
+    pause: bool = Field(default=False, description="pause the tasks until the next day instead of only warning")
+
+
+class BudgetSpec(BudgetLimitSpec):
+    """A team's (owner's) budget over all its tasks: top-level `budgets:`."""
+
+    name: Name
+    owner: Annotated[str, BeforeValidator(_owner_shorthand)]
+
+
 class TaskSpec(Spec):
     name: Name
     description: str | None = None
@@ -514,6 +552,7 @@ class TaskSpec(Spec):
     kubernetes: KubernetesBlock | None = Field(
         default=None, description="pods of runs that carry this task, on Kubernetes; merged over its agent's"
     )
+    budget: BudgetLimitSpec | None = Field(default=None, description="token spend per UTC day: warn, or pause the task")
 
     @property
     def is_batch(self) -> bool:

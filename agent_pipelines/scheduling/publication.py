@@ -89,6 +89,9 @@ def materialization(catalog: Catalog, finished: Finished, run_id: str) -> dg.Ass
         metadata["tokens_in"] = dg.MetadataValue.int(response.tokens_in)
     if response.tokens_out is not None:
         metadata["tokens_out"] = dg.MetadataValue.int(response.tokens_out)
+    cost = agent.token_cost(response.model, response.tokens_in, response.tokens_out)
+    if cost is not None:
+        metadata["cost"] = dg.MetadataValue.float(round(cost, 6))  # plotted per task over time in the UI
     if item.due_time is not None:
         metadata["due_time"] = dg.MetadataValue.timestamp(item.due_time)
     if attempt.sent_at is not None:

@@ -23,6 +23,7 @@ from typing import Any
 from agent_pipelines.agents.base import FailureKind
 from agent_pipelines.agents.pool import replays_history
 from agent_pipelines.catalog.loader import Catalog
+from agent_pipelines.catalog.model import AgentSpecBase
 from agent_pipelines.prompts.checks import CheckOutcome
 from agent_pipelines.prompts.registry import PromptRegistry
 from agent_pipelines.scheduling.agent_health import HealthGate
@@ -57,7 +58,7 @@ class Mark:
 Record = tuple[Finished, Sequence[CheckOutcome]] | Verdict | Mark
 
 
-def settlement_for(finished: Finished, run_id: str) -> Settlement:
+def settlement_for(finished: Finished, run_id: str, agent: AgentSpecBase | None = None) -> Settlement:
     attempt = finished.attempt
     error = attempt.error if attempt is not None else None
     response = attempt.response if attempt is not None else None
@@ -93,6 +94,7 @@ def settlement_for(finished: Finished, run_id: str) -> Settlement:
         answered_at=attempt.answered_at if attempt is not None else None,
         next_attempt_at=finished.next_attempt_at,
         result=result,
+        cost=agent.token_cost(result.model, result.tokens_in, result.tokens_out) if agent is not None and result is not None else None,
     )
 
 
@@ -225,7 +227,7 @@ class Recorder:
             if record.attempt is not None:
                 # Before the outcome is visible: whoever reads it sees the agent's state too.
                 self._safely(self.health.observe, record.item.task.agent or "", record.attempt.error)
-        settlements = [settlement_for(f, self.run_id) for f, _checks in finished]
+        settlements = [settlement_for(f, self.run_id, self.catalog.agents.get(f.item.task.agent or "")) for f, _checks in finished]
         while True:
             try:
                 self.store.settle(settlements)

@@ -35,6 +35,7 @@ class Execution:
     due_time: dt.datetime | None
     prompt_version: str | None = None
     latency_ms: float | None = None
+    cost: float | None = None
     sent_at: dt.datetime | None = None
     lateness_ms: float | None = None
     answered_at: dt.datetime | None = None
@@ -95,6 +96,7 @@ class Settlement:
     answered_at: dt.datetime | None = None
     next_attempt_at: dt.datetime | None = None
     result: ResultRecord | None = None
+    cost: float | None = None
 
 
 def _execution(row: Mapping[str, Any]) -> Execution:
@@ -113,6 +115,7 @@ def _execution(row: Mapping[str, Any]) -> Execution:
         due_time=aware(row["due_time"]),
         prompt_version=row["prompt_version"],
         latency_ms=row["latency_ms"],
+        cost=row.get("cost"),
         sent_at=aware(row["sent_at"]),
         lateness_ms=row["lateness_ms"],
         answered_at=aware(row["answered_at"]),
@@ -282,6 +285,7 @@ class ExecutionRecords(StoreBase):
                 error=sa.bindparam("b_error"),
                 reason=sa.bindparam("b_reason"),
                 latency_ms=sa.bindparam("b_latency_ms"),
+                cost=sa.func.coalesce(sa.bindparam("b_cost", type_=sa.Float), table.c.cost),
                 sent_at=sa.func.coalesce(sa.bindparam("b_sent_at", type_=table.c.sent_at.type), table.c.sent_at),
                 lateness_ms=sa.func.coalesce(sa.bindparam("b_lateness_ms", type_=sa.Float), table.c.lateness_ms),
                 answered_at=sa.bindparam("b_answered_at", type_=table.c.answered_at.type),
@@ -299,6 +303,7 @@ class ExecutionRecords(StoreBase):
                 "b_error": s.error,
                 "b_reason": s.reason,
                 "b_latency_ms": s.latency_ms,
+                "b_cost": s.cost,
                 "b_sent_at": s.sent_at,
                 "b_lateness_ms": s.lateness_ms,
                 "b_answered_at": s.answered_at,

@@ -34,6 +34,7 @@ executions = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("reason", sa.Text),  # why it has this status, in words (missed: when the platform was down, ...)
     sa.Column("latency_ms", sa.Float),
+    sa.Column("cost", sa.Float),  # token cost from the agent's `pricing` (catalog), when known
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     # when the request left for the agent, and how long after its due time
