@@ -15,6 +15,22 @@ from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
 from resources.store import StoreResource
 
 SENSOR_NAME = "agent_lifecycle_sensor"
+UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+def batch_agents_in_flight(catalog: Catalog, instance: dg.DagsterInstance) -> set[str]:
+    """Agents of batch tasks whose shards a run is materializing (batch items are not
+    executions in the store, so a busy batch is read off Dagster's runs)."""
+    batch = catalog.batch_tasks
+    if not batch:
+        return set()
+    busy = set()
+    for run in instance.get_runs(dg.RunsFilter(statuses=UNFINISHED), limit=500):
+        for key in run.asset_selection or ():
+            task = batch.get(key.path[-1])
+            if task is not None and task.agent:
+                busy.add(task.agent)
+    return busy
 
 
 def build_agent_lifecycle_sensor(catalog: Catalog) -> dg.SensorDefinition | None:
@@ -33,7 +49,7 @@ def build_agent_lifecycle_sensor(catalog: Catalog) -> dg.SensorDefinition | None
     )
     def agent_lifecycle_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
         state_store = store.for_instance(context.instance)
-        report = LifecycleController(catalog, state_store).tick()
+        report = LifecycleController(catalog, state_store).tick(also_busy=batch_agents_in_flight(catalog, context.instance))
         for agent, why in report.woken:
             context.log.info(f"woke {agent}: {why}")
         for agent in report.ready:

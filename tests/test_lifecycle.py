@@ -249,3 +249,29 @@ def test_the_kubernetes_backend_scales_between_zero_and_replicas_with_valid_bodi
     for *_, body in api.calls:
         assert model_problems(body, "V1Scale") == []
     assert model_problems({"spec": {"replica": 1}}, "V1Scale"), "a wrong body would be caught"
+
+
+def test_a_batch_in_progress_keeps_its_agent_awake(tmp_path: Path, instance) -> None:
+    import dagster as dg
+
+    from sensors.agent_lifecycle import batch_agents_in_flight
+
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "items.csv").write_text("id,text\n1,a\n2,b\n")
+    (tmp_path / "catalog" / "c.yaml").write_text(
+        textwrap.dedent(
+            """\
+            agents:
+              - {name: a, kind: openai_chat, model: m, base_url: "http://127.0.0.1:9", lifecycle: {command: {start: "true"}}}
+            tasks:
+              - {name: score, owner: x, agent: a, prompt: "{{ item.text }}", items: {path: items.csv, id_column: id}, shards: 2}
+            """
+        )
+    )
+    catalog = load_catalog(tmp_path / "catalog")
+    assert catalog.ok, catalog.problems
+    assert batch_agents_in_flight(catalog, instance) == set()
+    run = instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", asset_selection=frozenset({dg.AssetKey("score")}), status=dg.DagsterRunStatus.STARTED))
+    assert batch_agents_in_flight(catalog, instance) == {"a"}
+    instance.report_run_failed(run, "done")
+    assert batch_agents_in_flight(catalog, instance) == set()

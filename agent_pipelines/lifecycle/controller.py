@@ -69,13 +69,14 @@ class LifecycleController:
             if task.agent in self.tasks_of:
                 self.tasks_of[task.agent].append(task)
 
-    def tick(self) -> TickReport:
+    def tick(self, also_busy: set[str] = frozenset()) -> TickReport:  # type: ignore[assignment]
+        """`also_busy`: agents with work the store does not see (a batch run in progress)."""
         report = TickReport()
         if not self.specs:
             return report
         now = self.clock.now()
         states = self.store.lifecycle_states()
-        busy = self.store.agents_in_flight(list(self.specs))
+        busy = self.store.agents_in_flight(list(self.specs)) | set(also_busy)
         used = self.store.last_used(list(self.specs))
         jobs: list[Callable[[], None]] = []
         for agent, spec in self.specs.items():
