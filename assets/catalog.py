@@ -12,9 +12,9 @@ import dagster as dg
 
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.metadata import table
+from agent_pipelines.scheduling.publication import CATALOG_ASSET_KEY
 from sensors.catalog_health import CATALOG_HEALTH_JOB
 
-CATALOG_ASSET_KEY = dg.AssetKey("agent_catalog")
 CATALOG_HEALTH_CHECK = "catalog_health"
 
 

@@ -91,3 +91,28 @@ def test_costs_per_execution_task_agent_owner_and_budgets(tmp_path: Path, demo_a
     states = store.task_states()
     assert not states["summary"].paused and not states["digest"].paused
     assert states["free"].paused
+
+
+def test_the_cost_sensor_puts_todays_cost_per_team_on_the_catalog_asset(tmp_path: Path, demo_agent, instance) -> None:
+    import dagster as dg
+
+    from agent_pipelines.scheduling.publication import CATALOG_ASSET_KEY
+    from sensors.costs import build_cost_sensor
+    from tests.conftest import sensor_context
+
+    defs = _defs(tmp_path, demo_agent.url, TASKS, extra_agents=PRICED.format(url=demo_agent.url))
+    catalog = load_catalog(tmp_path / "catalog")
+    assert _run(defs, instance, "summary", "digest").success
+    sensor = build_cost_sensor(catalog)
+    assert sensor is not None
+    result = sensor(sensor_context(instance))
+    (record,) = instance.fetch_observations(CATALOG_ASSET_KEY, limit=5).records
+    metadata = {k: v.value for k, v in record.asset_observation.metadata.items()}
+    spent = sum(r.token_cost for r in cost_report(catalog, StateStore.for_instance(instance), "task", 1, dt.datetime.now(dt.timezone.utc)))
+    assert metadata["cost_today team:research"] == pytest.approx(spent, rel=1e-3, abs=0.02)
+    assert metadata["cost_today_total"] >= metadata["cost_today team:research"]
+    assert {r.data["group"] for r in metadata["today_by_agent"].records} == {"priced"}
+    # A minute later: budgets checked again, no second observation before ten minutes.
+    sensor(sensor_context(instance, cursor=result.cursor))
+    assert len(instance.fetch_observations(CATALOG_ASSET_KEY, limit=5).records) == 1
+    assert isinstance(result, dg.SensorResult)

@@ -198,6 +198,10 @@ def publication_for(
     return Publication(key=finished.item.key, task=task.name, events=tuple(events))
 
 
+#: The catalog itself as an asset (assets/catalog.py).
+CATALOG_ASSET_KEY = dg.AssetKey("agent_catalog")
+
+
 def agent_asset_key(agent: str) -> dg.AssetKey:
     return dg.AssetKey([AGENT_KEY_PREFIX, agent])
 
