@@ -101,6 +101,13 @@ def test_heartbeats_and_what_an_ended_run_leaves(store_url: str) -> None:
     assert waiting == {"unsent", "waiting"}
     assert store.take_over(["unsent", "waiting", "in-flight"], "r-new", now) == {"unsent", "waiting"}
     assert store.take_over(["unsent"], "r-other", now) == set(), "taken once"
+
+    # A run that settles its own claim as `not_sent` (stopped, or it could not reach the store
+    # before sending) releases it: another run may take it.
+    store.claim([_claim("stopped", "r-stopping")])
+    store.settle([Settlement("stopped", "t", status.NOT_SENT, "r-stopping", reason="the run stopped before it was sent")])
+    assert store.get_execution("stopped").run_id == ""
+    assert "stopped" in {e.idempotency_key for e in store.waiting_for_carrier(now, now)}
     store.engine.dispose()
 
 

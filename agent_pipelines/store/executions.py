@@ -279,7 +279,8 @@ class ExecutionRecords(StoreBase):
             )
             .values(
                 status=sa.bindparam("b_status"),
-                run_id=sa.bindparam("b_run_id"),
+                # `not_sent` is released at once: any run may take it while it is worth trying.
+                run_id=sa.bindparam("b_carrier"),
                 outcome=sa.bindparam("b_outcome"),
                 failure_kind=sa.bindparam("b_failure_kind"),
                 error=sa.bindparam("b_error"),
@@ -297,6 +298,7 @@ class ExecutionRecords(StoreBase):
             {
                 "b_key": s.key,
                 "b_run_id": s.run_id,
+                "b_carrier": "" if s.status == status.NOT_SENT else s.run_id,
                 "b_status": s.status,
                 "b_outcome": s.outcome,
                 "b_failure_kind": s.failure_kind,
