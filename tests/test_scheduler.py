@@ -152,6 +152,26 @@ def test_a_window_whose_run_is_gone_is_rescued_as_often_as_it_takes(catalog, sto
     assert [r for r in requests if ":rescue" in r.run_key], "rescued again, not left to a minute of misses"
 
 
+def test_a_window_whose_run_died_before_the_window_began_is_replaced_ahead(catalog, store, instance) -> None:
+    """Everything killed at 12:00:20: the run already started for the 12:01 window is gone too.
+    Its replacement is requested before 12:01, not after its first due times were missed."""
+    scheduler = _scheduler(catalog, store)
+    cursor = SchedulerCursor()
+    planned, cursor = scheduler.tick(cursor, parse_due("2026-11-23T12:00:00.5Z"), instance)
+    ahead = next(r for r in planned if r.run_key == "window:2026-11-23T12:01:00.000Z:0")
+    run = _start(instance, catalog, ahead)
+    requests, cursor = scheduler.tick(cursor, parse_due("2026-11-23T12:00:10Z"), instance)
+    assert not [r for r in requests if "12:01:00.000Z:0:rescue" in r.run_key], "a live run of the window is left alone"
+
+    instance.report_run_failed(run, "killed with the daemon and the code server")
+    requests, cursor = scheduler.tick(cursor, parse_due("2026-11-23T12:00:30Z"), instance)
+    (replacement,) = [r for r in requests if r.run_key.startswith("window:2026-11-23T12:01:00.000Z:0:rescue")]
+    assert set(_carried(replacement)) >= {"every_20s", "seconds_cron", "once"}
+    _start(instance, catalog, replacement, dg.DagsterRunStatus.NOT_STARTED)
+    requests, cursor = scheduler.tick(cursor, parse_due("2026-11-23T12:00:35Z"), instance)
+    assert not [r for r in requests if "12:01:00.000Z:0:rescue" in r.run_key], "replaced once"
+
+
 def _key(task: str, due: str) -> str:
     return Trigger.scheduled(parse_due(due)).idempotency_key(task)
 

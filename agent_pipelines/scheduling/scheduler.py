@@ -244,14 +244,18 @@ class Scheduler:
 
     def _rescue(self, cursor: SchedulerCursor, now: dt.datetime, paused: set[str], instance: dg.DagsterInstance) -> list[dg.RunRequest]:
         """A window whose runs are all gone while it still has unsent due times (a few seconds
-        past their instant, within their grace) gets a new run, as often as that happens."""
+        past their instant, within their grace) gets a new run, as often as that happens. So
+        does a window planned ahead whose run died before the window began (killed with the
+        daemon and code server): its replacement starts ahead too, and nothing is missed."""
         oldest = now - self.max_grace - WINDOW
         cursor.windows = [w for w in cursor.windows if w >= oldest]
         requests = []
         for window in cursor.windows:
             until = min(window + WINDOW, now - RESCUE_AFTER)
             if until <= window:
-                continue
+                if not self._ended_early(instance, window):
+                    continue
+                until = window + WINDOW  # ahead of time: the whole window
             carried = self._carried_in(instance, window, now)
             if carried is None:
                 continue  # a run of the window is on its way: it carries whatever is due
@@ -267,6 +271,11 @@ class Scheduler:
                 log.warning("window %s has %d task(s) with unsent due times and no live run: rescuing them", format_due(window), len(stranded))
                 requests += self._window_requests(window, stranded, paused, rescue=format_due(now))
         return requests
+
+    def _ended_early(self, instance: dg.DagsterInstance, start: dt.datetime) -> bool:
+        """A run of this (future) window has already ended: failed or canceled."""
+        ended = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+        return bool(instance.get_run_records(dg.RunsFilter(tags={tags.WINDOW_START: format_due(start)}, statuses=ended), limit=1))
 
     def _carried_in(self, instance: dg.DagsterInstance, start: dt.datetime, now: dt.datetime) -> set[str] | None:
         """The tasks a live run of the window carries; None when a run of it is still on its way
