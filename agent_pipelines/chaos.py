@@ -72,6 +72,20 @@ class Account:
         )
 
 
+#: Rows someone is still responsible for, or that wait for a carrier.
+UNSETTLED = (status.CLAIMED, status.SENDING, status.RETRYING, status.CATCHUP, status.NOT_SENT)
+
+
+def unsettled(store: StateStore, until: float) -> list[str]:
+    """Executions due by `until` (unix seconds; or with no due time) not yet in a final state."""
+    return [
+        f"{e.idempotency_key} {e.status} {e.reason}"
+        for state in UNSETTLED
+        for e in store.executions_with_status(state)
+        if e.due_time is None or e.due_time.timestamp() <= until
+    ]
+
+
 def schedule_key(task: str, due: dt.datetime) -> str:
     return f"agent-pipelines:{task}:schedule:{due.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
 

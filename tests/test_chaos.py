@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_pipelines.chaos import account, rows_of, sleep_until_aligned
+from agent_pipelines.chaos import account, rows_of, sleep_until_aligned, unsettled
 from agent_pipelines.instance import instance_yaml
 from agent_pipelines.local_platform import RUN_WORKER_MARK, Platform, processes_of, wait_until
 from agent_pipelines.store import status
@@ -26,8 +26,6 @@ CATALOG = "tasks:\n" + "".join(
     "schedule: {every: 2s}, misfire: {policy: all, grace: 10m, max_catchup: 1000}}\n"
     for name in TASKS
 )
-#: Rows that someone is still responsible for, or that wait for a carrier.
-UNSETTLED = (status.CLAIMED, status.SENDING, status.RETRYING, status.CATCHUP, status.NOT_SENT)
 
 
 @pytest.fixture
@@ -82,15 +80,7 @@ def test_kills_before_due_instants_lose_nothing_and_double_nothing(platform: Pla
 
     store = p.store()
 
-    def unsettled() -> list[str]:
-        return [
-            f"{e.idempotency_key} {e.status} {e.reason}"
-            for state in UNSETTLED
-            for e in store.executions_with_status(state)
-            if e.due_time is not None and e.due_time.timestamp() <= end
-        ]
-
-    wait_until(lambda: time.time() > end + 5 and not unsettled(), timeout_s=240, message="every due time settled")
+    wait_until(lambda: time.time() > end + 5 and not unsettled(store, end), timeout_s=240, message="every due time settled")
     result = account(rows_of(store, TASKS), p.agent.requests(), TASKS, start, end, STEP_S)
     detail = f"{result.summary()}; never: {result.never_by_state()}\n{p.daemon_logs()[-3000:]}"
     print(detail.splitlines()[0])

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent_pipelines.chaos import account, rows_of
+from agent_pipelines.chaos import account, rows_of, unsettled
 from agent_pipelines.instance import POSTGRES_URL_ENV, instance_yaml
 from agent_pipelines.local_platform import Platform, wait_until
 from agent_pipelines.store import status
@@ -106,18 +106,9 @@ def test_postgres_restart_mid_stream(tmp_path: Path, demo_agent, cluster: PgClus
 
         store = p.store()
 
-        def unsettled() -> list[str]:
-            held = (status.CLAIMED, status.SENDING, status.RETRYING, status.CATCHUP, status.NOT_SENT)
-            return [
-                f"{e.idempotency_key} {e.status}"
-                for state in held
-                for e in store.executions_with_status(state)
-                if e.due_time is None or e.due_time.timestamp() <= end
-            ]
-
         accepted = [post for post in posts if post.status in (200, 202)]
         wait_until(
-            lambda: time.time() > end + 5 and not unsettled() and _events_delivered(demo_agent, accepted),
+            lambda: time.time() > end + 5 and not unsettled(store, end) and _events_delivered(demo_agent, accepted),
             timeout_s=300,
             message=f"everything settled after the restart\n{p.daemon_logs()[-3000:]}",
         )
