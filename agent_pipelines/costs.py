@@ -63,6 +63,7 @@ def cost_report(catalog: Catalog, store: StateStore, by: str, days: int, now: dt
         raise ValueError(f"group by one of {', '.join(GROUPINGS)}, not {by!r}")
     today = day_start(now)
     events = store.lifecycle_events(since=today - dt.timedelta(days=days + 1))
+    owners = _owners_by_agent(catalog)
     rows: list[CostRow] = []
     for back in range(days):
         start = today - dt.timedelta(days=back)
@@ -77,7 +78,7 @@ def cost_report(catalog: Catalog, store: StateStore, by: str, days: int, now: dt
             for agent, hours in agent_hours([e for e in events if e.at < end], end, since=start).items():
                 spec = catalog.agents.get(agent)
                 price = spec.lifecycle.hourly_cost if spec is not None and spec.lifecycle is not None else None
-                for key in _agent_groups(catalog, agent, by):
+                for key in [agent] if by == "agent" else owners.get(agent, ["(no task)"]):
                     uptime[key][0] += hours
                     uptime[key][1] += hours * (price or 0.0)
         for key in sorted(set(tokens) | set(uptime)):
@@ -89,15 +90,19 @@ def cost_report(catalog: Catalog, store: StateStore, by: str, days: int, now: dt
 
 def _group_of(catalog: Catalog, task: str, by: str) -> str:
     spec = catalog.tasks.get(task)
-    if by == "task" or spec is None:
-        return task if by == "task" or spec is not None else f"{task} (not in the catalog)"
+    if by == "task":
+        return task
+    if spec is None:
+        return f"{task} (not in the catalog)"
     return (spec.agent or spec.fleet or "") if by == "agent" else spec.owner
 
 
-def _agent_groups(catalog: Catalog, agent: str, by: str) -> list[str]:
-    if by == "agent":
-        return [agent]
-    return sorted({t.owner for t in catalog.tasks.values() if t.agent == agent}) or ["(no task)"]
+def _owners_by_agent(catalog: Catalog) -> dict[str, list[str]]:
+    owners: dict[str, set[str]] = defaultdict(set)
+    for task in catalog.tasks.values():
+        if task.agent:
+            owners[task.agent].add(task.owner)
+    return {agent: sorted(found) for agent, found in owners.items()}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_failover.py --tasks 200 --kills 10
 
 `--tasks` tasks `every: 2s` (misfire policy `all`) on PostgreSQL (a fresh database on
-$AGENT_PIPELINES_TEST_POSTGRES_URL's server), a long-lived code server and a recording demo agent.
+$AGENT_PIPELINES_TEST_POSTGRES_URL's server, as bench_triggers.py), a long-lived code server and a recording demo agent.
 
 - failover: two `agent-pipelines daemon` wrappers; each kill SIGKILLs the active wrapper (every
   other one 80 ms before a due instant, the rest at a random moment), then restarts it as the new
@@ -25,46 +25,29 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import TOKEN, ratio, summary  # noqa: E402
+from bench_triggers import postgres_database  # noqa: E402
 
 from agent_pipelines.chaos import account, rows_of, sleep_until_aligned  # noqa: E402
 from agent_pipelines.demo_agent import DemoAgentConfig, run_in_thread  # noqa: E402
 from agent_pipelines.failover import DAEMON_ROLE  # noqa: E402
 from agent_pipelines.instance import POSTGRES_URL_ENV, instance_yaml  # noqa: E402
 from agent_pipelines.local_platform import Platform, children_of, wait_until  # noqa: E402
-from agent_pipelines.store.base import sqlalchemy_url  # noqa: E402
 
 STEP_S = 2.0
-SERVER = os.environ.get("AGENT_PIPELINES_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"ap_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(sqlalchemy_url(SERVER), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield SERVER.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager
 def platform(tasks: list[str]) -> Iterator[Platform]:
-    with tempfile.TemporaryDirectory(prefix="ap-failover-") as tmp, fresh_database() as url:
+    with tempfile.TemporaryDirectory(prefix="ap-failover-") as tmp, postgres_database() as url:
         tmp_path = Path(tmp)
         os.environ.update({POSTGRES_URL_ENV: url, "DEMO_AGENT_TOKEN": TOKEN})
         with run_in_thread(DemoAgentConfig(latency_ms=50, token=TOKEN, log_limit=2_000_000)) as agent:

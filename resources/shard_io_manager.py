@@ -175,8 +175,12 @@ class ShardParquetIOManager(dg.ConfigurableIOManager):
 
     base_dir: str | None = None  # a directory or an fsspec URL; default $AGENT_PIPELINES_RESULTS_URL
 
+    def configured(self) -> str | None:
+        """`base_dir`, else $AGENT_PIPELINES_RESULTS_URL; None: under DAGSTER_HOME."""
+        return self.base_dir or os.environ.get(RESULTS_URL_ENV)
+
     def root(self) -> Location:
-        configured = self.base_dir or os.environ.get(RESULTS_URL_ENV)
+        configured = self.configured()
         if configured:
             return location(configured)
         home = os.environ.get("DAGSTER_HOME")
@@ -188,7 +192,7 @@ class ShardParquetIOManager(dg.ConfigurableIOManager):
         return Path(home) / "storage" / "agent_pipelines"
 
     def is_local(self) -> bool:
-        configured = self.base_dir or os.environ.get(RESULTS_URL_ENV)
+        configured = self.configured()
         return configured is None or isinstance(location(configured), Path)
 
     def refuse_pod_local_disk(self, instance: dg.DagsterInstance) -> None:

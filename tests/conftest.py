@@ -8,6 +8,7 @@ without having exercised it.
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,11 @@ def demo_agent(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningDemoAgent]:
     monkeypatch.setenv("DEMO_AGENT_TOKEN", TEST_TOKEN)
     with run_in_thread(DemoAgentConfig(token=TEST_TOKEN)) as agent:
         yield agent
+
+
+def demo_agent_command(port: int) -> list[str]:
+    """argv of a demo agent process answering at once on `port` (what a lifecycle starts)."""
+    return [sys.executable, "-m", "agent_pipelines.cli", "demo-agent", "--port", str(port), "--latency-ms", "1", "--jitter-ms", "0"]
 
 
 def write_catalog(directory: Path, agent_url: str, tasks_yaml: str, extra_agents: str = "") -> Path:

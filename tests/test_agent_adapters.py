@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ import aiohttp
 import httpx
 import pytest
 
+from agent_pipelines.local_platform import free_port
 from agent_pipelines.demo_agent import (
     DemoAgentConfig,
     RunningDemoAgent,
@@ -178,12 +178,6 @@ def fail(settings: AgentSettings, request: AgentRequest | None = None) -> AgentC
 
 def words(text: str | None) -> int:
     return len((text or "").split())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- success, per kind ---------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from agent_pipelines.process_identity import is_gone
 from agent_pipelines.scheduling.clock import ManualClock
 from agent_pipelines.scheduling.timing import parse_due
 from agent_pipelines.store import Claim, StateStore
-from tests.conftest import TEST_TOKEN
+from tests.conftest import TEST_TOKEN, demo_agent_command
 
 T0 = parse_due("2026-12-02T09:00:00Z")
 SPEC = LifecycleSpec(command={"start": "true"}, lead="2m", idle_after="10m", min_up="5m")
@@ -112,7 +111,7 @@ def managed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
     # The store stamps executions with the wall clock: the virtual clock starts at it.
     start_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     due = start_at + dt.timedelta(seconds=200)
-    start = [sys.executable, "-m", "agent_pipelines.cli", "demo-agent", "--port", str(port), "--latency-ms", "1", "--jitter-ms", "0"]
+    start = demo_agent_command(port)
     (tmp_path / "catalog").mkdir()
     (tmp_path / "catalog" / "c.yaml").write_text(
         textwrap.dedent(

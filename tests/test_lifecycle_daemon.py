@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from agent_pipelines.instance import instance_yaml
 from agent_pipelines.local_platform import Platform, free_port, wait_until
 from agent_pipelines.process_identity import is_gone, pid_of
 from agent_pipelines.store import status
+from tests.conftest import demo_agent_command
 
 pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
 
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.daemon, pytest.mark.timeout(600)]
 def test_the_agent_sleeps_between_tasks_and_is_ready_when_they_are_due(tmp_path: Path, demo_agent, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOOK_TOKEN", "hook-token")
     port = free_port()
-    start = [sys.executable, "-m", "agent_pipelines.cli", "demo-agent", "--port", str(port), "--latency-ms", "1", "--jitter-ms", "0"]
+    start = demo_agent_command(port)
     catalog = tmp_path / "catalog"
     catalog.mkdir()
     (catalog / "c.yaml").write_text(

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -185,8 +185,8 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
 
     agents = _validate_agents(raw["agents"], problems)
     fleets = _validate_fleets(raw["fleets"], problems)
-    sources = _validate_sources(raw["sources"], problems)
-    budgets = _validate_budgets(raw["budgets"], problems)
+    sources = _validate_each(raw["sources"], EventSourceSpec, problems)
+    budgets = _validate_each(raw["budgets"], BudgetSpec, problems)
     tasks = _validate_tasks(raw["tasks"], agents, fleets, sources, problems)
     ordered = _drop_cycles_and_dependents(tasks, problems)
 
@@ -362,24 +362,18 @@ def _validate_fleets(items: list[_Item], problems: _Problems) -> dict[str, Fleet
     return fleets
 
 
-def _validate_sources(items: list[_Item], problems: _Problems) -> dict[str, EventSourceSpec]:
-    sources: dict[str, EventSourceSpec] = {}
-    for item in _check_duplicates(items, problems):
-        try:
-            sources[item.name] = EventSourceSpec.model_validate(dict(item.raw))
-        except ValidationError as exc:
-            _report_validation_error(item, exc, EventSourceSpec, problems)
-    return sources
+SpecT = TypeVar("SpecT", EventSourceSpec, BudgetSpec)
 
 
-def _validate_budgets(items: list[_Item], problems: _Problems) -> dict[str, BudgetSpec]:
-    budgets: dict[str, BudgetSpec] = {}
+def _validate_each(items: list[_Item], spec_type: type[SpecT], problems: _Problems) -> dict[str, SpecT]:
+    """Specs that depend on no other spec (sources, budgets), by name."""
+    valid: dict[str, SpecT] = {}
     for item in _check_duplicates(items, problems):
         try:
-            budgets[item.name] = BudgetSpec.model_validate(dict(item.raw))
+            valid[item.name] = spec_type.model_validate(dict(item.raw))
         except ValidationError as exc:
-            _report_validation_error(item, exc, BudgetSpec, problems)
-    return budgets
+            _report_validation_error(item, exc, spec_type, problems)
+    return valid
 
 
 def _validate_tasks(

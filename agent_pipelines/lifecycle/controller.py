@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +69,7 @@ class LifecycleController:
             if task.agent in self.tasks_of:
                 self.tasks_of[task.agent].append(task)
 
-    def tick(self, also_busy: set[str] = frozenset()) -> TickReport:  # type: ignore[assignment]
+    def tick(self, also_busy: Collection[str] = ()) -> TickReport:
         """`also_busy`: agents with work the store does not see (a batch run in progress)."""
         report = TickReport()
         if not self.specs:

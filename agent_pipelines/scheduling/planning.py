@@ -151,7 +151,10 @@ def window_runs(catalog: Catalog, window_start: dt.datetime, due: Iterable[str],
     for name in names:
         members[unit_of.get(name, name)].append(name)
     # Tasks of one run share one pod on Kubernetes, so runs never mix pod configurations.
-    pods = {name: block_key(merge(task_block(catalog, n) for n in group)) for group in members.values() for name in group}
+    pods = {}
+    for group in members.values():
+        key = block_key(merge(task_block(catalog, name) for name in group))
+        pods.update(dict.fromkeys(group, key))
     ordered = sorted(members.values(), key=lambda group: (pods[group[0]], catalog.tasks[group[0]].agent or "", group[0]))
     runs: list[list[str]] = [[]]
     for group in ordered:

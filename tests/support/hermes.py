@@ -47,7 +47,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from agent_pipelines.local_platform import free_port
 from agent_pipelines.http_server import serve_in_thread
 from tests.support.fake_llm import FakeLlmState, RunningFakeLlm, create_app
 
@@ -135,12 +135,6 @@ def ensure_hermes() -> Path:
             raise RuntimeError(f"hermes-agent installed but {_hermes_executable(venv)} is missing; see {log}")
         (venv / _INSTALLED_MARKER).write_text(HERMES_VERSION + "\n")
     return _hermes_executable(venv)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
