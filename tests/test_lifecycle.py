@@ -274,3 +274,30 @@ def test_a_batch_in_progress_keeps_its_agent_awake(tmp_path: Path, instance) -> 
     assert batch_agents_in_flight(catalog, instance) == {"a"}
     instance.report_run_failed(run, "done")
     assert batch_agents_in_flight(catalog, instance) == set()
+
+
+def test_the_wakes_check_the_ui_offers_runs_and_says_the_state(tmp_path: Path, instance) -> None:
+    """Executed from the UI (here in process), `wakes` reports the agent's lifecycle state."""
+    import dagster as dg
+
+    from agent_pipelines.composition import build_definitions
+    from agent_pipelines.scheduling.publication import agent_asset_key
+
+    (tmp_path / "c.yaml").write_text(
+        "agents:\n  - {name: a, kind: openai_chat, model: m, base_url: 'http://127.0.0.1:9', lifecycle: {command: {start: 'true'}}}\n"
+    )
+    defs = build_definitions(load_catalog(tmp_path))
+    key = dg.AssetCheckKey(agent_asset_key("a"), "wakes")
+    store = StateStore.for_instance(instance)
+
+    def evaluate() -> dg.AssetCheckEvaluation:
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(), asset_check_selection={key})
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert result.success
+        (evaluation,) = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        return evaluation
+
+    assert evaluate().passed, "never woken yet is not a failure"
+    store.move_lifecycle("a", "failed", expect=["asleep"], event="wake_failed", detail="agent 'a': cannot start true: boom")
+    failed = evaluate()
+    assert not failed.passed and "cannot start" in failed.description
