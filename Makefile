@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test validate lint clean
 
@@ -19,8 +22,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agent-pipelines up
 
-test: $(STAMP)
-	$(BIN)/pytest
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium (or set CHROMIUM=/path/to/chromium) for the browser tests"; exit 1; }
+	$(SUDO) apt-get install -y --no-install-recommends chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+test: $(STAMP) $(CHROMIUM)
+	CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
 validate: $(STAMP)
 	$(BIN)/agent-pipelines validate

@@ -326,17 +326,26 @@ class ExecutionRecords(StoreBase):
                 "tokens_out": s.result.tokens_out,
                 "details": json.dumps(dict(s.result.details), default=str),
                 "created_at": now,
+                "b_execution": s.key,
             }
             for s in settlements
             if s.result is not None
         ]
+        # Execution records sort text matches by this copy of the execution's created_at.
+        execution_created_at = (
+            sa.select(table.c.created_at).where(table.c.idempotency_key == sa.bindparam("b_execution")).scalar_subquery()
+        )
         with self.engine.begin() as conn:
             conn.execute(update, rows)
             if results:
-                statement = self._insert(schema.results)
+                statement = self._insert(schema.results).values(execution_created_at=execution_created_at)
                 statement = statement.on_conflict_do_update(
                     index_elements=[schema.results.c.idempotency_key],
-                    set_={name: statement.excluded[name] for name in results[0] if name != "idempotency_key"},
+                    set_={
+                        name: statement.excluded[name]
+                        for name in [*results[0], "execution_created_at"]
+                        if name not in ("idempotency_key", "b_execution")
+                    },
                 )
                 conn.execute(statement, results)
 

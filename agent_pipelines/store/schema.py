@@ -50,6 +50,13 @@ executions = sa.Table(
     sa.Index("ix_agent_pipelines_executions_task_due", "task", "due_time"),
     sa.Index("ix_agent_pipelines_executions_agent_updated", "agent", "updated_at"),
     sa.Index("ix_agent_pipelines_executions_status", "status"),
+    # Execution records (migration 0011): keyset pages in (created_at, idempotency_key) order,
+    # with or without a filter; PostgreSQL also gets a trigram index on `error` (see 0011).
+    sa.Index("ix_agent_pipelines_executions_created_key", "created_at", "idempotency_key"),
+    sa.Index("ix_agent_pipelines_executions_status_created", "status", "created_at"),
+    sa.Index("ix_agent_pipelines_executions_agent_created", "agent", "created_at"),
+    sa.Index("ix_agent_pipelines_executions_trigger_created", "trigger", "created_at"),
+    sa.Index("ix_agent_pipelines_executions_version_created", "prompt_version", "created_at"),
 )
 
 results = sa.Table(
@@ -67,7 +74,30 @@ results = sa.Table(
     sa.Column("tokens_out", sa.Integer),
     sa.Column("details", sa.Text),  # JSON: the agent's response metadata
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # The execution's created_at (its sort key in execution records, migration 0011), copied when
+    # the result is written: text search sorts the outputs that match without looking up each one's
+    # execution. An execution's created_at never changes.
+    sa.Column("execution_created_at", sa.DateTime(timezone=True)),
     sa.Index("ix_agent_pipelines_results_task_created", "task", "created_at"),
+    # PostgreSQL only (migration 0011): a pg_trgm GIN index on `output` for `executions list --text`.
+)
+
+# Retention's archive (migration 0011): executions and results moved out of the hot tables, with
+# the same columns plus when they were moved.
+executions_archive = sa.Table(
+    "agent_pipelines_executions_archive",
+    metadata,
+    *(sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in executions.columns),
+    sa.Column("archived_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_pipelines_executions_archive_created_key", "created_at", "idempotency_key"),
+    sa.Index("ix_agent_pipelines_executions_archive_task_created", "task", "created_at"),
+)
+
+results_archive = sa.Table(
+    "agent_pipelines_results_archive",
+    metadata,
+    *(sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in results.columns),
+    sa.Column("archived_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 session_leases = sa.Table(
@@ -267,4 +297,72 @@ evaluations = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_agent_pipelines_evaluations_task_version", "task", "version"),
     sa.Index("ix_agent_pipelines_evaluations_task_created", "task", "created_at"),
+)
+
+audit_log = sa.Table(
+    "agent_pipelines_audit",
+    metadata,
+    # Append-only (database triggers refuse UPDATE and DELETE) and hash-chained: each entry's hash
+    # covers the previous entry's hash, so an edited, removed or reordered entry breaks the chain.
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),  # who: user name, token name, `system`
+    sa.Column("via", sa.String(32), nullable=False),  # cli | ui | graphql | ingress | sensor | api
+    sa.Column("origin", sa.String(255), nullable=False),  # from where: client address or host/pid
+    sa.Column("action", sa.String(64), nullable=False),  # e.g. task.pause, prompt.promote, ui.launch
+    sa.Column("target", sa.String(512), nullable=False),  # task, run, file or policy it touched
+    sa.Column("outcome", sa.String(16), nullable=False),  # allowed | denied | failed
+    sa.Column("details", sa.Text, nullable=False),  # JSON
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_agent_pipelines_audit_at", "at"),
+    sa.Index("ix_agent_pipelines_audit_target", "target", "seq"),
+    sa.Index("ix_agent_pipelines_audit_actor", "actor", "seq"),
+)
+
+catalog_items = sa.Table(
+    "agent_pipelines_catalog_items",
+    metadata,
+    # The digest of every agent, task and budget as last loaded, so a catalog change is audited
+    # as what it changed (added, removed, changed items), not only that something did.
+    sa.Column("item", sa.String(160), primary_key=True),  # task:<name>, agent:<name>, budget:<name>
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(512)),  # file:line it was declared at
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+notification_outbox = sa.Table(
+    "agent_pipelines_notification_outbox",
+    metadata,
+    # One message per channel, subject (task:/agent:/budget:) and family of events per rate window
+    # (agent_pipelines.notifications): repeats inside the window are folded into it (`suppressed`),
+    # delivery is retried with back-off until `sent` or `gave_up`.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dedup_key", sa.String(512), nullable=False, unique=True),  # channel|subject|family|window start
+    sa.Column("channel", sa.String(128), nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("family", sa.String(32), nullable=False),  # state | late | check | health | budget
+    sa.Column("kind", sa.String(32), nullable=False),  # the event this message reports
+    sa.Column("latest_kind", sa.String(32), nullable=False),  # the latest event folded into its window
+    sa.Column("task", sa.String(128)),
+    sa.Column("agent", sa.String(128)),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("latest_event", sa.Text, nullable=False),  # JSON of the latest event (for the follow-up)
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_s", sa.Float, nullable=False),
+    sa.Column("last_event_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("suppressed", sa.Integer, nullable=False, server_default="0"),  # repeats folded in
+    sa.Column("reported", sa.Integer, nullable=False, server_default="0"),  # of those, told in the message
+    sa.Column("carried", sa.Integer, nullable=False, server_default="0"),  # untold repeats of the window before
+    sa.Column("followed_up", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | sent | gave_up | skipped
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),  # secrets redacted
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_agent_pipelines_notification_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_agent_pipelines_notification_outbox_window", "channel", "subject", "family", "window_start"),
 )
