@@ -49,6 +49,9 @@ def build_catalog_definitions(catalog: Catalog) -> dg.Definitions:
     definition_metadata: dict[str, Any] = {
         "catalog_path": dg.MetadataValue.path(str(catalog.root)),
         "problem_count": dg.MetadataValue.int(len(catalog.problems)),
+        # The platform's own pages, served beside the UI by `agent-pipelines webserver`.
+        "execution_records": dg.MetadataValue.url("/ops/executions"),
+        "audit_log": dg.MetadataValue.url("/ops/audit"),
     }
     if catalog.problems:
         definition_metadata["problems"] = problems_table(catalog)

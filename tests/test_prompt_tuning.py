@@ -129,6 +129,9 @@ def test_the_loop_takes_a_failing_prompt_to_a_passing_one(tmp_path, demo_agent, 
     decisions = loop.tune()
     assert decisions["promoted"].value == ["standup"]
     assert loop.registry.active("standup").version == candidate.version
+    trail = loop.registry.store.audit_entries(target="standup")
+    assert [(e.action, e.actor) for e in reversed(trail)] == [("prompt.proposed", "system:tuner"), ("prompt.promoted", "system:tuner")]
+    assert trail[0].details["version"] == candidate.version
 
     # No reload: the next run starts with the promoted version and says so in its records.
     assert loop.running_version() == candidate.version

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_pipelines.audit import audit, system_actor
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.catalog.templates import BUILTIN_VARIABLES, TemplateProblem, analyze
@@ -43,6 +44,10 @@ class Decision:
     action: str  # none | proposed | promoted | awaiting_approval | rejected | skipped
     version: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+#: Decisions that change the registry (the others only report).
+_REGISTRY_CHANGES = ("proposed", "promoted", "awaiting_approval", "rejected")
 
 
 def pass_rate(runs: Sequence[Mapping[str, Any]]) -> float | None:
@@ -73,7 +78,13 @@ class Tuner:
 
     def run(self, tasks: Sequence[str] | None = None) -> list[Decision]:
         names = tasks or [n for n, t in self.catalog.regular_tasks.items() if t.tuning is not None]
-        return [self.tune(name) for name in names if self.catalog.tasks[name].tuning is not None]
+        decisions = [self.tune(name) for name in names if self.catalog.tasks[name].tuning is not None]
+        for decision in decisions:
+            if decision.action in _REGISTRY_CHANGES:
+                # The tuner changes what runs as much as a person does: the audit log says so.
+                audit(self.registry.store, system_actor(self.actor), f"prompt.{decision.action}", decision.task,
+                      version=decision.version, **decision.details)
+        return decisions
 
     def tune(self, name: str) -> Decision:
         # What runs now: the registry's active version applied to the catalog's task.

@@ -1,0 +1,1 @@
+"""Command groups of `agent-pipelines` that live in modules of their own."""
