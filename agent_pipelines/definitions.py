@@ -4,7 +4,14 @@ The catalog path comes from $AGENT_PIPELINES_CATALOG (default: the example catal
 the catalog never stop the location from loading; they show up on the `agent_catalog` asset.
 """
 
+import dagster as dg
+
 from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.composition import build_definitions
+from sensors.notifications import build_notification_definitions
+from sensors.retention import retention_definitions
 
-defs = build_definitions(load_catalog())
+_catalog = load_catalog()
+defs = dg.Definitions.merge(
+    build_definitions(_catalog), retention_definitions(_catalog), build_notification_definitions(_catalog)
+)

@@ -32,6 +32,8 @@ def test_code_location_module_loads() -> None:
         "event_trigger_sensor",
         "batch_results_sensor",
         "prompt_quality_sensor",
+        "notification_sensor",
+        "retention_sensor",
     }
     # Time triggers go through task_scheduler_sensor, not per-task schedules; the only schedule
     # is the hourly prompt tuning pass.

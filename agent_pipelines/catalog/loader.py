@@ -8,6 +8,7 @@ on it (and both tasks of a duplicated name, since neither can be trusted to be t
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -27,14 +28,17 @@ from agent_pipelines.catalog.model import (
     FleetSpec,
     TaskSpec,
 )
+from agent_pipelines.catalog.notification_block import attach_task_notify, validate_notifications, without_notify
+from agent_pipelines.catalog.notifications import NotificationsSpec
+from agent_pipelines.catalog.retention import RetentionSpec
 from agent_pipelines.catalog.templates import BUILTIN_VARIABLES, TemplateProblem, analyze
 from agent_pipelines.catalog.versions import prompt_version
 from agent_pipelines.catalog.limits import max_file_bytes, max_prompt_chars
 from agent_pipelines.catalog.yaml_lines import LineDict, YamlLoadError, line_at, load_yaml_with_lines
 
 CATALOG_ENV_VAR = "AGENT_PIPELINES_CATALOG"
-TOP_LEVEL_KEYS = ("agents", "fleets", "tasks", "sources", "budgets")
-SpecKind = Literal["file", "agent", "fleet", "task", "source", "budget"]
+TOP_LEVEL_KEYS = ("agents", "fleets", "tasks", "sources", "budgets", "retention", "notifications")
+SpecKind = Literal["file", "agent", "fleet", "task", "source", "budget", "retention", "notifications", "channel", "route"]
 
 
 @dataclass(frozen=True, order=True)
@@ -75,6 +79,8 @@ class Catalog:
     problems: tuple[CatalogProblem, ...]
     files: tuple[str, ...]
     budgets: Mapping[str, BudgetSpec] = field(default_factory=dict)  # by name: teams' daily budgets
+    retention: RetentionSpec | None = None  # how long execution records stay (None: for ever)
+    notifications: NotificationsSpec = field(default_factory=NotificationsSpec)  # channels and routes
     prompt_versions: Mapping[str, str] = field(default_factory=dict)  # what runs (registry applied)
     base_versions: Mapping[str, str] = field(default_factory=dict)  # what the catalog declares
 
@@ -179,7 +185,7 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
     elif not files:
         problems.add_file(_display(root), None, "no .yaml or .yml files found")
 
-    raw: dict[str, list[_Item]] = {"agents": [], "fleets": [], "tasks": [], "sources": [], "budgets": []}
+    raw: dict[str, list[_Item]] = {"agents": [], "fleets": [], "tasks": [], "sources": [], "budgets": [], "retention": [], "notifications": []}
     for file in files:
         _read_file(file, raw, problems)
 
@@ -187,7 +193,10 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
     fleets = _validate_fleets(raw["fleets"], problems)
     sources = _validate_each(raw["sources"], EventSourceSpec, problems)
     budgets = _validate_each(raw["budgets"], BudgetSpec, problems)
+    retention = _validate_retention(raw["retention"], problems)
     tasks = _validate_tasks(raw["tasks"], agents, fleets, sources, problems)
+    notifications = validate_notifications(raw["notifications"], problems)
+    attach_task_notify(tasks.values(), notifications, problems)
     ordered = _drop_cycles_and_dependents(tasks, problems)
 
     locations = {f"{i.kind}:{i.name}": Source(i.file, i.line) for items in raw.values() for i in items if i.name}
@@ -202,6 +211,8 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
         problems=tuple(sorted(problems.items, key=lambda p: (p.file, p.line or 0, p.message))),
         files=tuple(_display(f) for f in files),
         budgets=budgets,
+        retention=retention,
+        notifications=notifications,
     )
     versions = {name: prompt_version(spec, catalog.agent_of(spec)) for name, spec in valid_tasks.items()}
     object.__setattr__(catalog, "prompt_versions", versions)
@@ -230,6 +241,10 @@ def _read_file(file: Path, raw: dict[str, list[_Item]], problems: _Problems) -> 
             problems.add_file(
                 shown, document.line_of(key), f"unknown top-level key {key!r}{_suggest(key, TOP_LEVEL_KEYS)}"
             )
+    if "notifications" in document:
+        raw["notifications"].append(_Item(kind="notifications", file=shown, raw=document["notifications"], line=document.line_of("notifications")))
+    if "retention" in document:
+        raw["retention"].append(_Item(kind="retention", file=shown, raw=document["retention"], line=document.line_of("retention")))
     for key, kind in (("agents", "agent"), ("fleets", "fleet"), ("tasks", "task"), ("sources", "source"), ("budgets", "budget")):
         bucket = raw[key]
         entries = document.get(key)
@@ -278,6 +293,28 @@ def _report_validation_error(item: _Item, exc: ValidationError, model: type, pro
         else:
             message = error["msg"].removeprefix("Value error, ")
         problems.add(item, message, loc)
+
+
+def _validate_retention(items: list[_Item], problems: _Problems) -> RetentionSpec | None:
+    """The one top-level `retention:` mapping (agent_pipelines.catalog.retention)."""
+    if len(items) > 1:
+        places = ", ".join(f"{i.file}:{i.line}" for i in items)
+        for item in items:
+            problems.add(item, f"`retention` is declared {len(items)} times ({places}); declare it once")
+        return None
+    for item in items:
+        if not isinstance(item.raw, dict):
+            problems.add(item, "`retention` must be a mapping, e.g. {keep_days: 90, archive: true}")
+            return None
+        try:
+            return RetentionSpec.model_validate(dict(item.raw))
+        except ValidationError as exc:
+            first = len(problems.items)
+            _report_validation_error(item, exc, RetentionSpec, problems)
+            problems.items[first:] = [
+                dataclasses.replace(p, field=f"retention.{p.field}" if p.field else "retention") for p in problems.items[first:]
+            ]
+    return None
 
 
 def _check_duplicates(items: list[_Item], problems: _Problems) -> list[_Item]:
@@ -388,7 +425,7 @@ def _validate_tasks(
     valid: dict[str, _Item] = {}
     for item in unique:
         try:
-            spec = TaskSpec.model_validate(dict(item.raw))
+            spec = TaskSpec.model_validate(without_notify(item.raw))
         except ValidationError as exc:
             _report_validation_error(item, exc, TaskSpec, problems)
             continue

@@ -25,6 +25,7 @@ from pydantic import (
 
 from agent_pipelines.catalog.durations import format_duration, parse_duration
 from agent_pipelines.catalog.lifecycle import LifecycleSpec
+from agent_pipelines.catalog.notifications import NotifySpec
 from agent_pipelines.catalog.spec import ENV_VAR_RE, Spec
 from agent_pipelines.kubernetes_config import check_block
 
@@ -553,6 +554,7 @@ class TaskSpec(Spec):
         default=None, description="pods of runs that carry this task, on Kubernetes; merged over its agent's"
     )
     budget: BudgetLimitSpec | None = Field(default=None, description="token spend per UTC day: warn, or pause the task")
+    notify: NotifySpec | None = Field(default=None, description="who hears about failures, recoveries, lateness, ... (see `notifications:`)")
 
     @property
     def is_batch(self) -> bool:
