@@ -23,6 +23,7 @@ import aiohttp
 import httpx
 
 from agent_pipelines.agents.base import AgentCallError, FailureKind
+from agent_pipelines.telemetry import spans
 
 HttpClientName = Literal["aiohttp", "httpx"]
 
@@ -52,10 +53,30 @@ class Transport(abc.ABC):
         anything but a response."""
 
     async def post(self, url: str, *, body: Any, headers: Mapping[str, str], timeout_s: float) -> Reply:
-        return await self.request("POST", url, body=body, headers=headers, timeout_s=timeout_s)
+        return await self.traced("POST", url, body=body, headers=headers, timeout_s=timeout_s)
 
     async def get(self, url: str, *, headers: Mapping[str, str], timeout_s: float) -> Reply:
-        return await self.request("GET", url, headers=headers, timeout_s=timeout_s)
+        return await self.traced("GET", url, headers=headers, timeout_s=timeout_s)
+
+    async def traced(
+        self, method: str, url: str, *, body: Any = None, headers: Mapping[str, str], timeout_s: float
+    ) -> Reply:
+        """`request` with the current execution's `traceparent` (prepared before the instant),
+        its client span recorded after the answer (telemetry/spans.py)."""
+        outgoing = spans.outgoing()
+        if outgoing is None:  # not in an execution, or a provider other than ours
+            with spans.http_request(method, url, headers) as (traced_headers, span):
+                reply = await self.request(method, url, body=body, headers=traced_headers, timeout_s=timeout_s)
+                spans.http_response(span, reply.status_code)
+                return reply
+        outgoing.sent(method, url)
+        try:
+            reply = await self.request(method, url, body=body, headers={**headers, **outgoing.headers}, timeout_s=timeout_s)
+        except BaseException as exc:
+            outgoing.failed(exc)
+            raise
+        outgoing.answered(reply.status_code)
+        return reply
 
 
 def _config_error(url: str, exc: BaseException) -> AgentCallError:

@@ -47,6 +47,7 @@ from agent_pipelines.scheduling.subscriptions import subscribers
 from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.scheduling.work import Attempt, Finished, WorkItem
 from agent_pipelines.store import Claim, StateStore, StoredEvent, status
+from agent_pipelines.telemetry.spans import ExecutionSpans
 
 #: Claim and render this long before an instant (longer for big bursts), so a busy machine
 #: (another run starting) cannot delay the sending.
@@ -137,6 +138,7 @@ class Dispatcher:
             catalog=catalog, store=store, run_id=run_id, health=self.health, publish=publish, log=self.log, every_success=every_success
         )
         self.summary = Summary()
+        self.spans = ExecutionSpans(run_id)
         self._heap: list[tuple[float, int, WorkItem]] = []
         self._order = itertools.count()
         self._pending: list[WorkItem] = []  # added from other threads before the loop runs
@@ -175,6 +177,7 @@ class Dispatcher:
 
     async def run(self, plan: Plan) -> Summary:
         self._plan = plan
+        self.spans = ExecutionSpans.for_plan(self.run_id, plan)
         self._followers = self._follower_map(plan)
         self._changed = asyncio.Event()
         self.recorder.start()
@@ -300,6 +303,7 @@ class Dispatcher:
             if item.key not in won:
                 self.summary.lost_claims += 1
                 continue
+            self.spans.begin(item)
             if item.task.name in self._paused and item.claim != "manual":
                 self._finish(Finished(item, status.SKIPPED, reason="the task is paused"))
                 continue
@@ -376,12 +380,13 @@ class Dispatcher:
                 await self.clock.sleep_until(item.fire_at)  # never early
                 attempt.sent_at = self.clock.now()
                 left = True
-                try:
-                    attempt.response = await connection.client.invoke(attempt.request)
-                except AgentCallError as error:
-                    attempt.error = error
-                except Exception as exc:  # noqa: BLE001 - an adapter bug fails this execution only
-                    attempt.error = AgentCallError(FailureKind.MALFORMED, f"unexpected client error: {exc!r}")
+                with self.spans.attempt(attempt):
+                    try:
+                        attempt.response = await connection.client.invoke(attempt.request)
+                    except AgentCallError as error:
+                        attempt.error = error
+                    except Exception as exc:  # noqa: BLE001 - an adapter bug fails this execution only
+                        attempt.error = AgentCallError(FailureKind.MALFORMED, f"unexpected client error: {exc!r}")
                 attempt.answered_at = self.clock.now()
         except asyncio.CancelledError:
             if left:
@@ -473,6 +478,7 @@ class Dispatcher:
             )
 
     def _finish(self, finished: Finished, checks: Sequence[CheckOutcome] = ()) -> None:
+        finished = self.spans.finish(finished)
         self.summary.count(finished.status)
         self.recorder.submit(finished, checks)
 
@@ -548,6 +554,7 @@ class Dispatcher:
             released = self.store.release_run(self.run_id, "the run stopped")
             for execution in released:
                 self.summary.count(execution.status)
+        self.spans.close()
 
 
 def _judged(attempt: Attempt) -> Judged:

@@ -9,6 +9,7 @@ succeeded, and why not, so a failing task shows on its own asset instead of turn
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ AGENT_KEY_PREFIX = "agents"
 HEALTHY_CHECK = "healthy"
 PREVIEW_CHARS = 4000
 PROMPT_PREVIEW_CHARS = 2000
+#: A link template for an execution's trace in the user's tracing UI.
+TRACE_URL_ENV = "AGENT_PIPELINES_TRACE_URL"
 
 DagsterEvent = dg.AssetMaterialization | dg.AssetCheckEvaluation
 
@@ -104,11 +107,24 @@ def materialization(catalog: Catalog, finished: Finished, run_id: str) -> dg.Ass
         metadata["upstream"] = dg.MetadataValue.json(dict(attempt.upstream))
     if attempt.canary:
         metadata["canary"] = dg.MetadataValue.bool(True)
+    metadata.update(trace_metadata(finished.trace_id))
     event_tags = execution_tags(catalog, finished)
     # The definition's code version (the catalog's prompt), so Dagster never calls an output
     # made by a registry or canary version stale; that version is in `prompt_version`.
     event_tags["dagster/code_version"] = catalog.prompt_versions[item.task.name]
     return dg.AssetMaterialization(asset_key=item.task.name, metadata=metadata, tags=event_tags)
+
+
+def trace_metadata(trace_id: str | None) -> dict[str, Any]:
+    """`trace_id`, and `trace` linking to it when $AGENT_PIPELINES_TRACE_URL is a template such
+    as `https://jaeger.example/trace/{trace_id}` (docs/observability.md)."""
+    if not trace_id:
+        return {}
+    metadata: dict[str, Any] = {"trace_id": dg.MetadataValue.text(trace_id)}
+    template = os.environ.get(TRACE_URL_ENV)
+    if template:
+        metadata["trace"] = dg.MetadataValue.url(template.replace("{trace_id}", trace_id))
+    return metadata
 
 
 def succeeded_check(finished: Finished, run_id: str) -> dg.AssetCheckEvaluation:
@@ -122,6 +138,7 @@ def succeeded_check(finished: Finished, run_id: str) -> dg.AssetCheckEvaluation:
         metadata["run"] = dg.MetadataValue.dagster_run(run_id)
     if item.due_time is not None:
         metadata["due_time"] = dg.MetadataValue.timestamp(item.due_time)
+    metadata.update(trace_metadata(finished.trace_id))
     if attempt is not None:
         metadata["attempts"] = dg.MetadataValue.int(attempt.number)
         if attempt.error is not None:

@@ -117,6 +117,7 @@ class Finished:
     next_attempt_at: dt.datetime | None = None
     version: str | None = None
     problem: AgentCallError | None = None  # why nothing could be sent (a template error, ...)
+    trace_id: str | None = None  # its trace, when tracing records it (agent_pipelines.telemetry)
 
     @property
     def ok(self) -> bool:
