@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from agent_pipelines.catalog.loader import CATALOG_ENV_VAR, default_catalog_path, load_catalog
+from agent_pipelines.commands.common import access_checked, use_default_home
 
 
 @click.group(help=__doc__)
@@ -129,7 +130,7 @@ def ingress(host: str, port: int) -> None:
     """Serve the event ingress: external systems POST events to /events/<source>."""
     from agent_pipelines.ingress import serve_ingress
 
-    _use_default_home()
+    use_default_home()
     click.echo(f"event ingress on http://{host}:{port}/events/<source>")
     serve_ingress(host=host, port=port)
 
@@ -156,14 +157,6 @@ def daemon(workspace: Path | None, module: str, name: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _use_default_home() -> None:
-    """Commands that open the instance work without DAGSTER_HOME, like `make run` does."""
-    if not os.environ.get("DAGSTER_HOME"):
-        from agent_pipelines.instance import ensure_instance
-
-        os.environ["DAGSTER_HOME"] = str(ensure_instance())
-
-
 @main.group()
 def task() -> None:
     """Inspect and control catalog tasks: list, pause, resume, run-now, history."""
@@ -174,7 +167,7 @@ def _open_store():  # noqa: ANN202 - returns (instance, store)
 
     from agent_pipelines.store import StateStore
 
-    _use_default_home()
+    use_default_home()
     instance = DagsterInstance.get()
     return instance, StateStore.for_instance(instance)
 
@@ -253,7 +246,7 @@ def _control(name: str, action: str, reason: str | None, variables: dict | None 
 
     catalog = load_catalog(default_catalog_path())
     instance, store = _open_store()
-    with instance:
+    with instance, access_checked(store, catalog, f"task.{action}", [name], unknown_needs_admin=False, stated_reason=reason):
         try:
             click.echo(apply_action(catalog, store, name, TaskAction(action), reason=reason, variables=variables, event=event))
         except ValueError as exc:
@@ -317,25 +310,6 @@ def task_history(name: str, limit: int) -> None:
 
 
 @main.group()
-def executions() -> None:
-    """Execution records: one in full."""
-
-
-@executions.command("show")
-@click.argument("key")
-def executions_show(key: str) -> None:
-    """An execution's record with its full prompt and output (KEY: its idempotency key)."""
-    from agent_pipelines.history import execution_text
-
-    instance, store = _open_store()
-    with instance:
-        execution = store.get_execution(key)
-        if execution is None:
-            raise click.ClickException(f"no execution {key!r} (keys are listed by `agent-pipelines task history <task>`)")
-        click.echo(execution_text(execution, store.results([key]).get(key)))
-
-
-@main.group()
 def prompts() -> None:
     """The prompt registry: versions, diffs, promotion, rollback (every action is recorded)."""
 
@@ -351,8 +325,9 @@ def _registry():  # noqa: ANN202 - (instance, registry)
 def prompts_sync() -> None:
     """Register the catalog's prompts (the catalog_health sensor does this on every change)."""
     instance, registry = _registry()
-    with instance:
-        changed = registry.sync_catalog(load_catalog(default_catalog_path()))
+    catalog = load_catalog(default_catalog_path())
+    with instance, access_checked(registry.store, catalog, "prompt.sync", sorted(catalog.tasks)):
+        changed = registry.sync_catalog(catalog)
     click.echo(f"registered or re-activated the catalog prompt of {len(changed)} task(s): {', '.join(changed) or '-'}")
 
 
@@ -421,11 +396,12 @@ def _registry_action(action: str, task_name: str, version: str | None) -> None:
     from agent_pipelines.prompts.registry import RegistryError
 
     instance, registry = _registry()
-    with instance:
+    catalog = load_catalog(default_catalog_path())
+    with instance, access_checked(registry.store, catalog, f"prompt.{action}", [task_name], version=version):
         try:
             if action == "rollback":
                 result = registry.rollback(task_name)
-            elif action == "promote":
+            elif action in ("promote", "approve"):
                 candidate = registry.get(task_name, version or "")
                 must_pass = _must_pass_failures(registry, task_name, version or "")
                 if candidate is not None and candidate.status == "candidate" and must_pass:
@@ -460,7 +436,7 @@ def prompts_promote(task_name: str, version: str) -> None:
 @click.argument("version")
 def prompts_approve(task_name: str, version: str) -> None:
     """Approve a candidate the tuner found better (tasks with `approval: manual`)."""
-    _registry_action("promote", task_name, version)
+    _registry_action("approve", task_name, version)
 
 
 @prompts.command("reject")
@@ -476,6 +452,25 @@ def prompts_reject(task_name: str, version: str) -> None:
 def prompts_rollback(task_name: str) -> None:
     """Re-activate the version that was active before the current one."""
     _registry_action("rollback", task_name, None)
+
+
+def _access_mode(production: bool) -> str:
+    """Access is open without a policy (a laptop); --production refuses to start open."""
+    from agent_pipelines.access.policy import POLICY_ENV, PolicyError, load_policy, policy_path
+
+    path = policy_path()
+    if path is None:
+        if production:
+            raise click.ClickException(
+                f"--production serves the UI and the ingress to others: set {POLICY_ENV} to an access policy "
+                "(example: deploy/policy.yaml; docs/access.md)"
+            )
+        return f"access is OPEN (no ${POLICY_ENV}: anyone reaching these ports may do anything; see docs/access.md)"
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from None
+    return f"access policy {path}: {len(policy.spec.grants)} grant(s), sign in with a token or through a trusted proxy"
 
 
 def _redact(url: str) -> str:
@@ -500,6 +495,8 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
     the others keep running. Ctrl-C stops everything within seconds. With --production the
     instance must be on PostgreSQL ($AGENT_PIPELINES_POSTGRES_URL) and the daemon runs under two
     `agent-pipelines daemon` wrappers: kill the active one and the other takes over.
+    The Dagster UI is served behind the access gate (`agent-pipelines webserver`); without
+    $AGENT_PIPELINES_POLICY access is open, and --production refuses to start without one.
     """
     from agent_pipelines.instance import POSTGRES_URL_ENV, ensure_instance, write_workspace
     from agent_pipelines.supervisor import Part, Supervisor, cancel_started_runs, settle_unfinished_runs
@@ -509,6 +506,7 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
             f"--production runs two daemons with failover, which needs PostgreSQL: set {POSTGRES_URL_ENV}, "
             "e.g. postgresql://postgres@127.0.0.1:5432/test"
         )
+    access = _access_mode(production)
     home = ensure_instance()
     env = dict(os.environ, DAGSTER_HOME=str(home))
     env.setdefault("DEMO_AGENT_TOKEN", "demo-local-token")
@@ -537,7 +535,7 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
     parts = [
         part("code server", str(bin_dir / "dagster"), "code-server", "start", "-m", "agent_pipelines.definitions",
              "-h", "127.0.0.1", "-p", str(code_server_port), "--log-level", "warning"),
-        part("webserver", str(bin_dir / "dagster-webserver"), "-w", str(workspace), "-h", host, "-p", str(port), "--log-level", "warning"),
+        part("webserver", str(bin_dir / "agent-pipelines"), "webserver", "-w", str(workspace), "-h", host, "-p", str(port)),
         *(
             [part(f"daemon {name}", str(bin_dir / "agent-pipelines"), "daemon", "--name", name, "-w", str(workspace)) for name in ("a", "b")]
             if production
@@ -547,7 +545,7 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
     ]
     if demo_agent:
         parts.insert(0, part("demo agent", str(bin_dir / "agent-pipelines"), "demo-agent", "--port", str(demo_agent_port)))
-    click.echo(f"Dagster UI: http://{host}:{port}  (Ctrl-C stops everything)")
+    click.echo(f"Dagster UI: http://{host}:{port}  (Ctrl-C stops everything); {access}")
     click.echo(f"event ingress: http://{host}:{ingress_port}/events/<source>; logs of every part (runs too, in daemon.log): {logs}")
     supervisor = Supervisor(
         parts,
@@ -556,6 +554,21 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
         on_stopped=lambda: settle_unfinished_runs(home),
     )
     sys.exit(supervisor.run())
+
+
+# Command groups kept in modules of their own (agent_pipelines/commands/).
+from agent_pipelines.commands.audit import audit_group  # noqa: E402
+
+main.add_command(audit_group)
+from agent_pipelines.commands.executions import executions_group  # noqa: E402
+
+main.add_command(executions_group)
+from agent_pipelines.commands.notifications import notifications_group  # noqa: E402
+
+main.add_command(notifications_group)
+from agent_pipelines.commands.webserver import webserver_command  # noqa: E402
+
+main.add_command(webserver_command)
 
 
 main.help = f"""Agent task scheduling on Dagster.

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -42,6 +42,12 @@ from agent_pipelines.catalog.model import BearerAuthSpec, EventSourceSpec, HmacA
 from agent_pipelines.scheduling.subscriptions import MISSING, field_at
 from agent_pipelines.http_server import guarded_http_protocol, uvicorn_config
 from agent_pipelines.store import StateStore, url_for_instance
+from agent_pipelines.telemetry.metrics import metrics_route
+
+if TYPE_CHECKING:
+    from agent_pipelines.access.events import EventAccess
+    from agent_pipelines.catalog.loader import Catalog
+    from agent_pipelines.catalog.model import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -261,9 +267,12 @@ def create_ingress_app(
     store: StateStore,
     clock: Callable[[], float] = time.time,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    access: EventAccess | None = None,
 ) -> Starlette:
     """The ingress as an ASGI app; `sources` is called per request, so catalog edits apply.
-    `clock` (unix seconds) judges the freshness of timestamped signatures."""
+    `clock` (unix seconds) judges the freshness of timestamped signatures. `access` refuses
+    (403) events that would start tasks the access policy does not grant their source, and
+    audits deliveries (agent_pipelines.access.events)."""
 
     async def receive_event(request: Request) -> Response:
         source = request.path_params["source"]
@@ -288,6 +297,9 @@ def create_ingress_app(
             payload = parse_payload(body)
             kind = event_type(spec, request, payload)
             stored_id = event_id(spec, source, request, signed_key)
+            denied = access.denied_tasks(source, kind, payload) if access is not None else None
+            if denied:
+                raise Refusal(403, await asyncio.to_thread(access.refuse, source, kind, denied, client))  # type: ignore[union-attr]
         except Refusal as refusal:
             return _refused(refusal, source, client)
         try:
@@ -307,6 +319,8 @@ def create_ingress_app(
                 client,
                 log=False,
             )
+        if access is not None and inserted:
+            access.accepted(source, event.seq, client)
         logger.info(  # %r: ids and types come from the sender, keep them on one line
             "%s event %r (type %r, seq %s) from source %r, client %s",
             "accepted" if inserted else "duplicate of stored",
@@ -337,6 +351,8 @@ def create_ingress_app(
             # Every method routes here, so that anything but POST gets a JSON 405.
             Route("/events/{source}", receive_event, methods=list(ALL_METHODS)),
             Route("/health", health, methods=["GET"]),
+            # Prometheus metrics, read from the store at scrape time (docs/observability.md).
+            metrics_route(store),
         ],
         exception_handlers={HTTPException: http_error},
     )
@@ -370,6 +386,8 @@ class CatalogSources:
         self._clock = clock
         self._lock = threading.Lock()
         self._sources: Mapping[str, EventSourceSpec] = {}
+        self._catalog: Catalog | None = None
+        self._subscribed: dict[str, list[TaskSpec]] = {}
         self._signature: tuple[tuple[str, int, int, int], ...] | None = None
         self._checked_at = clock()
         self._reload_if_changed()
@@ -381,6 +399,16 @@ class CatalogSources:
                     self._reload_if_changed()
                     self._checked_at = self._clock()
         return self._sources
+
+    def catalog(self) -> Catalog | None:
+        """The whole catalog the sources come from (the access gate maps assets to tasks)."""
+        self()
+        return self._catalog
+
+    def subscribed(self, source: str) -> list[TaskSpec]:
+        """Tasks subscribed to `source`: the candidates of the ingress's access check."""
+        self()
+        return self._subscribed.get(source, [])
 
     def _files_signature(self) -> tuple[tuple[str, int, int, int], ...]:
         signature = []
@@ -403,6 +431,12 @@ class CatalogSources:
             return
         self._signature = signature
         self._sources = dict(catalog.sources)
+        self._catalog = catalog
+        subscribed: dict[str, list[TaskSpec]] = {}
+        for task in catalog.tasks.values():
+            for source in {s.source for s in task.events}:
+                subscribed.setdefault(source, []).append(task)
+        self._subscribed = subscribed
         for problem in catalog.problems:
             if problem.kind in ("source", "file"):
                 logger.warning("catalog problem: %s", problem)
@@ -428,8 +462,14 @@ def serve_ingress(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
         sources.path,
         make_url(url).render_as_string(hide_password=True),
     )
-    app = create_ingress_app(sources, store)
-    uvicorn.Server(uvicorn_config(app, host=host, port=port, **server_options())).run()
+    from agent_pipelines.access.serving import ingress_access
+
+    access = ingress_access(store, sources)
+    app = create_ingress_app(sources, store, access=access)
+    try:
+        uvicorn.Server(uvicorn_config(app, host=host, port=port, **server_options())).run()
+    finally:
+        access.close()
 
 
 def server_options(header_timeout_s: float = HEADER_TIMEOUT_S) -> dict[str, Any]:

@@ -16,6 +16,9 @@ MANAGED_MARKER = "# managed-by: agent-pipelines"
 _COMMON = """\
 telemetry:
   enabled: false
+# No "join the community" dialog over the UI (it asks for an e-mail address on first visit).
+nux:
+  enabled: false
 # No freshness policies are used: the freshness daemon would still evaluate every asset each
 # iteration and, at 10,000 tasks, cost most of the idle daemon's CPU (benchmarks/RESULTS.md).
 freshness:

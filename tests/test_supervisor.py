@@ -108,7 +108,7 @@ def test_up_restarts_each_part_that_dies_and_the_rest_keeps_running(up: Up) -> N
     ingress = f"http://127.0.0.1:{up.ports['ingress']}/health"
     wait_until(lambda: up.succeeded_after(0) >= 3, timeout_s=240, message=f"the first pulses\n{up.output()}")
 
-    for name, mark in (("daemon", b"dagster-daemon"), ("code server", b"code-server\0start"), ("ingress", b"\0ingress\0"), ("webserver", b"dagster-webserver")):
+    for name, mark in (("daemon", b"dagster-daemon"), ("code server", b"code-server\0start"), ("ingress", b"\0ingress\0"), ("webserver", b"\0webserver\0")):
         victims = [pid for pid in up.pids(mark) if RUN_WORKER_MARK not in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert victims, f"no {name} process found"
         killed_at = time.time()
@@ -145,7 +145,8 @@ def _ok(url: str) -> bool:
 
 
 def test_up_production_fails_over_between_two_daemons_on_postgres(tmp_path: Path, postgres_url: str) -> None:
-    with running_up(tmp_path, "--production", **{POSTGRES_URL_ENV: postgres_url}) as up:
+    policy = str(Path(__file__).resolve().parents[1] / "deploy" / "policy.yaml")  # --production needs one
+    with running_up(tmp_path, "--production", **{POSTGRES_URL_ENV: postgres_url, "AGENT_PIPELINES_POLICY": policy}) as up:
         wait_until(lambda: up.succeeded_after(0) >= 3, timeout_s=240, message=f"the first pulses\n{up.output()}")
         store = StateStore(postgres_url)
         try:
