@@ -1,12 +1,14 @@
 # syntax=docker/dockerfile:1
 #
 # One image for the code location (the chart's gRPC user deployment), its run and step pods, the
-# Dagster webserver, the failover daemon and the event ingress (docs/kubernetes.md):
+# Dagster UI behind the access gate, the failover daemon and the event ingress (docs/kubernetes.md):
 #
 #   docker build -t <registry>/agent-pipelines:<tag> .
 #
 # The default command serves the code location; every other process is chosen by the pod spec
-# (`agent-pipelines daemon ...`, `agent-pipelines ingress ...`, `dagster-webserver ...`).
+# (`agent-pipelines webserver ...`, `agent-pipelines daemon ...`, `agent-pipelines ingress ...`).
+# Plain `dagster-webserver` is in the image too, but it has no sign-in: serve the UI with
+# `agent-pipelines webserver`, which runs the same app behind the access gate.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -50,7 +52,7 @@ ENV AGENT_PIPELINES_CATALOG=/opt/agent-pipelines/catalog \
 
 USER 10001:10001
 
-# 3030: the code server (gRPC); 8788: the event ingress.
-EXPOSE 3030 8788
+# 3030: the code server (gRPC); 3000: the UI behind the access gate; 8788: the event ingress.
+EXPOSE 3030 3000 8788
 
 CMD ["dagster", "code-server", "start", "-m", "agent_pipelines.definitions", "-h", "0.0.0.0", "-p", "3030"]

@@ -1,7 +1,9 @@
 """The Kubernetes deployment (Dockerfile, deploy/helm/values.yaml, deploy/kubernetes/*.yaml), checked
 without a cluster: every manifest converts strictly into the `kubernetes` client's model of its
-kind (a misspelt field fails), the failover daemon and the ingress are wired to what the Helm
-release creates, the values hold what the chart needs for what we rely on, the run launcher
+kind (a misspelt field fails), the failover daemon, the ingress and the UI gate are wired to what
+the Helm release creates, the gate's probes hit a path the real gate answers without a token, the
+chart's own (unauthenticated) webserver has no pods, the values hold what the chart needs for what
+we rely on, the run launcher
 section is accepted by dagster-k8s's own config schema, and the Job it would submit for a run of
 the example catalog holds the catalog, the tokens, the results settings and the catalog's pod
 configuration exactly once. Fast: no network, no cluster, no database."""
@@ -34,6 +36,7 @@ KINDS = {
 }
 CATALOG_MOUNT = "/opt/agent-pipelines/catalog"
 TOKENS_MOUNT = "/var/run/secrets/agents"
+UI = "agent-pipelines-ui"
 
 
 def to_model(doc: dict[str, Any]) -> Any:
@@ -113,6 +116,8 @@ def test_every_manifest_document_converts_strictly_into_its_kubernetes_model() -
         ("agent-pipelines-daemon", ["spec", "strategy", "rollingUpdate"], "maxUnavailable", "maxUnavailible"),
         ("agent-pipelines-ingress", ["spec", "template", "spec", "containers", 0, "readinessProbe"], "httpGet", "httpGett"),
         ("agent-pipelines-ingress", ["spec", "template", "spec", "containers", 0, "readinessProbe", "httpGet"], "path", "pathh"),
+        (UI, ["spec", "template", "spec", "containers", 0, "startupProbe"], "failureThreshold", "failureTreshold"),
+        (UI, ["spec", "template", "spec", "containers", 0, "envFrom", 0, "secretRef"], "optional", "optinal"),
     ],
 )
 def test_a_misspelt_field_anywhere_fails_the_conversion(name: str, path: list[Any], field: str, typo: str) -> None:
@@ -212,6 +217,139 @@ def test_the_ingress_serves_8788_with_probes_on_health_behind_its_service() -> N
     assert service["spec"]["selector"].items() <= ingress["spec"]["template"]["metadata"]["labels"].items()
     (port,) = service["spec"]["ports"]
     assert ports.get(port["targetPort"], port["targetPort"]) == 8788
+    # The policy limits which tasks each event source may start: the same ConfigMap as the gate's.
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in ingress["spec"]["template"]["spec"]["volumes"]}
+    assert env["AGENT_PIPELINES_POLICY"] == mounts["agent-pipelines-policy"] + "/policy.yaml"
+    assert volumes["agent-pipelines-policy"]["configMap"]["name"] == "agent-pipelines-policy"
+
+
+# The UI gate --------------------------------------------------------------------------------------
+
+
+def test_the_ui_runs_the_gate_on_the_release_workspace_instance_and_policy(release_names: dict[str, str]) -> None:
+    ui = find("Deployment", UI)
+    spec, pod = ui["spec"], ui["spec"]["template"]["spec"]
+    c = container(ui)
+    env, mounts, volumes = env_of(c), mounts_of(c), volumes_of(ui)
+    assert c["command"] == ["agent-pipelines", "webserver", "-w", "/dagster-workspace/workspace.yaml", "-h", "0.0.0.0", "-p", "3000"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 3000}
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    # Terminating a run deletes its Job (K8sRunLauncher): the chart's account, as its webserver has.
+    assert pod["serviceAccountName"] == release_names["service_account"]
+    assert pod["automountServiceAccountToken"] is True
+    # The instance, the workspace -w names and the password, as the daemon gets them.
+    home = env["DAGSTER_HOME"]["value"]
+    assert home == release_names["dagster_home"]
+    instance_mount = mounts[f"{home}/dagster.yaml"]
+    assert instance_mount["subPath"] == "dagster.yaml"
+    assert volumes[instance_mount["name"]]["configMap"]["name"] == release_names["instance"]
+    assert volumes[mounts["/dagster-workspace"]["name"]]["configMap"]["name"] == release_names["workspace"]
+    assert env["DAGSTER_PG_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": release_names["postgres_secret"], "key": "postgresql-password"}}
+    # The catalog, as every platform pod mounts it; no agent tokens: the gate calls no agent.
+    daemon = find("Deployment", "agent-pipelines-daemon")
+    assert mounts[CATALOG_MOUNT] == mounts_of(container(daemon))[CATALOG_MOUNT]
+    assert volumes[mounts[CATALOG_MOUNT]["name"]] == volumes_of(daemon)[mounts[CATALOG_MOUNT]["name"]]
+    assert env["AGENT_PIPELINES_CATALOG"]["value"] == CATALOG_MOUNT
+    assert TOKENS_MOUNT not in mounts and "agent-tokens" not in {v.get("secret", {}).get("secretName") for v in volumes.values()}
+    # The policy file AGENT_PIPELINES_POLICY names is a key of the policy ConfigMap, mounted
+    # without subPath (the gate reloads it) and not optional (no policy, no pod: never an open UI).
+    policy_file = Path(env["AGENT_PIPELINES_POLICY"]["value"])
+    policy_mount = mounts[str(policy_file.parent)]
+    assert "subPath" not in policy_mount and policy_mount["readOnly"] is True
+    policy_volume = volumes[policy_mount["name"]]["configMap"]
+    assert policy_volume["name"] == "agent-pipelines-policy" and not policy_volume.get("optional")
+    assert policy_file.name in find("ConfigMap", "agent-pipelines-policy")["data"]
+    # Tokens for the policy's token_env entries, optional.
+    assert c["envFrom"] == [{"secretRef": {"name": "ui-tokens", "optional": True}}]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_ui_service_sends_port_80_to_the_gate_pods_only() -> None:
+    ui = find("Deployment", UI)
+    service = find("Service", UI)
+    assert service["spec"]["type"] == "ClusterIP"
+    selector = service["spec"]["selector"]
+    assert selector.items() <= ui["spec"]["template"]["metadata"]["labels"].items()
+    for other in ("agent-pipelines-daemon", "agent-pipelines-ingress"):
+        assert not selector.items() <= find("Deployment", other)["spec"]["template"]["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    ports = {p["name"]: p["containerPort"] for p in container(ui)["ports"]}
+    assert port["port"] == 80 and ports.get(port["targetPort"], port["targetPort"]) == 3000
+
+
+def cluster_policy(tmp_path: Path, environ: dict[str, str]) -> Any:
+    """The example policy ConfigMap's file, loaded by the gate's own loader."""
+    from agent_pipelines.access.policy import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(find("ConfigMap", "agent-pipelines-policy")["data"]["policy.yaml"])
+    return load_policy(path, environ=environ)
+
+
+def test_the_cluster_policy_is_deploy_policy_yaml_without_trusted_proxies_or_the_demo_token(tmp_path: Path) -> None:
+    from agent_pipelines.access.policy import load_policy
+
+    ours = cluster_policy(tmp_path, environ={})
+    demo = load_policy(ROOT / "deploy" / "policy.yaml", environ={})
+
+    def shape(policy: Any) -> dict[str, Any]:
+        spec = policy.spec.model_dump()
+        for user in spec["users"].values():
+            user["tokens"] = [t["token_env"] or "sha256" for t in user["tokens"]]
+        spec.pop("trusted_proxies")
+        return spec
+
+    assert shape(ours) == shape(demo)
+    # `kubectl port-forward` reaches the pod from 127.0.0.1: trusting loopback would let anyone
+    # allowed to port-forward claim any identity with X-Forwarded-User.
+    assert ours.spec.trusted_proxies == []
+    assert demo.user_for_token("demo-viewer-token") == "carol@example.com"
+    assert ours.user_for_token("demo-viewer-token") is None
+    # Every token_env has its key in the ui-tokens Secret the gate reads with envFrom, empty
+    # (nobody signs in with a copy applied unedited).
+    tokens = find("Secret", "ui-tokens")["stringData"]
+    assert set(tokens) == {t.token_env for u in ours.spec.users.values() for t in u.tokens if t.token_env}
+    assert set(tokens.values()) == {""}
+    assert set(ours.missing_token_envs) == set(tokens)
+
+
+def test_the_ui_probes_hit_a_path_the_real_gate_answers_without_a_token(tmp_path: Path) -> None:
+    """The gate of `agent-pipelines webserver` with the cluster policy, around a stand-in for
+    Dagster's app: the probe paths answer 200 to nobody in particular, everything else wants a
+    token, and identity headers from 127.0.0.1 (where port-forwarded connections come from) are
+    not believed."""
+    from starlette.responses import PlainTextResponse
+    from starlette.testclient import TestClient
+
+    from agent_pipelines.access.gate import Gate
+
+    policy = cluster_policy(tmp_path, environ={"AGENT_PIPELINES_TOKEN_ADMIN": "t-admin"})
+
+    async def dagster(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("dagster")(scope, receive, send)
+
+    gate = Gate(dagster, policy=lambda: policy, store=None, targets=None)  # type: ignore[arg-type]
+    c = container(find("Deployment", UI))
+    paths = {c[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    # No `with`: the server runs with lifespan="off", so no lifespan events (commands/webserver.py).
+    kubelet = TestClient(gate, client=("10.0.0.7", 40000))
+    for path in paths:
+        response = kubelet.get(path)
+        assert response.status_code == 200, (path, response.text)
+        assert response.text != "dagster", f"{path} should be the gate's own answer, not Dagster's"
+    assert kubelet.get("/").status_code == 401
+    assert kubelet.post("/graphql", json={"query": "{ version }"}).status_code == 401
+    assert kubelet.get("/", headers={"Authorization": "Bearer t-admin"}).text == "dagster"
+    port_forward = TestClient(gate, client=("127.0.0.1", 40000))
+    assert port_forward.get("/", headers={"X-Forwarded-User": "ops-admin"}).status_code == 401
 
 
 # The catalog ConfigMap ------------------------------------------------------------------------------
@@ -261,7 +399,8 @@ def test_the_values_hold_what_the_chart_needs_for_what_we_rely_on(values: dict[s
     # With global.fullnameOverride the subchart's Role/RoleBinding would collide with the main
     # chart's (same <fullname>-role names): its RBAC stays off.
     assert values["dagster-user-deployments"]["rbacEnabled"] is False
-    assert values["dagsterWebserver"]["replicaCount"] == 2
+    # The chart's webserver (no sign-in) has no pods: the UI is the gate's (webserver-gate.yaml).
+    assert values["dagsterWebserver"]["replicaCount"] == 0
     assert values["dagsterDaemon"] == {"enabled": False}
     assert values["telemetry"] == {"enabled": False}
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlHost"]
