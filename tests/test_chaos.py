@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_pipelines.chaos import account, rows_of, sleep_until_aligned, unsettled
+from agent_pipelines.chaos import absent, account, rows_of, sleep_until_aligned, unsettled
 from agent_pipelines.instance import instance_yaml
 from agent_pipelines.local_platform import RUN_WORKER_MARK, Platform, processes_of, wait_until
 from agent_pipelines.store import status
@@ -80,7 +80,11 @@ def test_kills_before_due_instants_lose_nothing_and_double_nothing(platform: Pla
 
     store = p.store()
 
-    wait_until(lambda: time.time() > end + 5 and not unsettled(store, end), timeout_s=240, message="every due time settled")
+    wait_until(
+        lambda: time.time() > end + 5 and not unsettled(store, end) and not absent(store, TASKS, start, end, STEP_S),
+        timeout_s=240,
+        message="every due time settled",
+    )
     result = account(rows_of(store, TASKS), p.agent.requests(), TASKS, start, end, STEP_S)
     detail = f"{result.summary()}; never: {result.never_by_state()}\n{p.daemon_logs()[-3000:]}"
     print(detail.splitlines()[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_pipelines.chaos import account, rows_of, sleep_until_aligned, unsettled
+from agent_pipelines.chaos import absent, account, rows_of, sleep_until_aligned, unsettled
 from agent_pipelines.failover import DAEMON_ROLE
 from agent_pipelines.instance import POSTGRES_URL_ENV, instance_yaml
 from agent_pipelines.local_platform import Platform, children_of, wait_until
@@ -118,7 +118,11 @@ def test_kills_and_a_partition_lose_nothing_and_double_nothing(
     assert _active(store)[1] == "solid"
     end = time.time()
 
-    wait_until(lambda: time.time() > end + 5 and not unsettled(store, end), timeout_s=240, message="every due time settled")
+    wait_until(
+        lambda: time.time() > end + 5 and not unsettled(store, end) and not absent(store, TASKS, start, end, STEP_S),
+        timeout_s=240,
+        message="every due time settled",
+    )
     result = account(rows_of(store, TASKS), p.agent.requests(), TASKS, start, end, STEP_S)
     logs = "\n".join(p.wrapper_log(name) for name in ("solid", "cut"))
     detail = f"{result.summary()}; never: {result.never_by_state()}\n{logs[-4000:]}"
