@@ -2,6 +2,7 @@
 records each catalog change in the audit log, item by item."""
 
 
+import functools
 from typing import Any
 
 import dagster as dg
@@ -17,8 +18,11 @@ CATALOG_HEALTH_JOB = "catalog_health_job"
 
 def build_catalog_health_sensor(catalog: Catalog, job: Any) -> dg.SensorDefinition:
     fingerprint = catalog.fingerprint()
-    digests = item_digests(catalog)
-    content = content_digest(digests)
+
+    @functools.cache
+    def digests() -> dict:
+        # Computed on the first tick, not when the code location loads (every run worker loads it).
+        return item_digests(catalog)
 
     @dg.sensor(
         name="catalog_health_sensor",
@@ -28,11 +32,11 @@ def build_catalog_health_sensor(catalog: Catalog, job: Any) -> dg.SensorDefiniti
         description="Checks the loaded catalog whenever it changes (run key = catalog fingerprint).",
     )
     def catalog_health_sensor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
-        cursor = f"{fingerprint}/{content}"
+        cursor = f"{fingerprint}/{content_digest(digests())}"
         if context.cursor == cursor:
             return dg.SensorResult(skip_reason="catalog unchanged since the last check")
         state = store.for_instance(context.instance)
-        _audit_catalog_change(state, catalog, digests, context)
+        _audit_catalog_change(state, catalog, digests(), context)
         if (context.cursor or "").split("/")[0] == fingerprint:
             return dg.SensorResult(skip_reason="catalog changed without changing what runs", cursor=cursor)
         # Every catalog change registers the new prompt versions (the prompt registry's history).

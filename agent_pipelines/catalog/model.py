@@ -26,7 +26,7 @@ from pydantic import (
 from agent_pipelines.catalog.durations import format_duration, parse_duration
 from agent_pipelines.catalog.lifecycle import LifecycleSpec
 from agent_pipelines.catalog.notifications import NotifySpec
-from agent_pipelines.catalog.spec import ENV_VAR_RE, Spec
+from agent_pipelines.catalog.spec import ENV_VAR_RE, Spec, owner_shorthand
 from agent_pipelines.kubernetes_config import check_block
 
 NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
@@ -497,13 +497,6 @@ class EventSubscriptionSpec(Spec):
         return [self.type] if isinstance(self.type, str) else list(self.type)
 
 
-def _owner_shorthand(value: Any) -> Any:
-    """A bare team name is a Dagster team owner."""
-    if isinstance(value, str) and value and ":" not in value and "@" not in value:
-        return f"team:{value}"
-    return value
-
-
 class BudgetLimitSpec(Spec):
     per_day: float = Field(gt=0, description="token cost per UTC day (in the unit of the agents' `pricing`)")
     pause: bool = Field(default=False, description="pause the tasks until the next day instead of only warning")
@@ -513,13 +506,13 @@ class BudgetSpec(BudgetLimitSpec):
     """A team's (owner's) budget over all its tasks: top-level `budgets:`."""
 
     name: Name
-    owner: Annotated[str, BeforeValidator(_owner_shorthand)]
+    owner: Annotated[str, BeforeValidator(owner_shorthand)]
 
 
 class TaskSpec(Spec):
     name: Name
     description: str | None = None
-    owner: Annotated[str, BeforeValidator(_owner_shorthand)]
+    owner: Annotated[str, BeforeValidator(owner_shorthand)]
     agent: Name | None = None
     fleet: Name | None = Field(default=None, description="batch tasks: spread shards over this agent fleet")
     prompt: str = Field(min_length=1)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from agent_pipelines.catalog.durations import parse_duration
-from agent_pipelines.catalog.spec import ENV_VAR_RE, Spec
+from agent_pipelines.catalog.spec import ENV_VAR_RE, Spec, owner_shorthand
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ChannelName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -38,10 +38,8 @@ TOKEN_IN_URL_SCHEMES = frozenset(
 
 
 def _owner_shorthand(value: Any) -> Any:
-    """As for tasks: a bare team name is `team:<name>`; `*` is every owner."""
-    if isinstance(value, str) and value and value != "*" and ":" not in value and "@" not in value:
-        return f"team:{value}"
-    return value
+    """As for tasks (`owner_shorthand`); `*` is every owner."""
+    return value if value == "*" else owner_shorthand(value)
 
 
 def _unique(values: list[str]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 ENV_VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -9,3 +11,10 @@ ENV_VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def owner_shorthand(value: Any) -> Any:
+    """A bare team name is a Dagster team owner (`research` -> `team:research`)."""
+    if isinstance(value, str) and value and ":" not in value and "@" not in value:
+        return f"team:{value}"
+    return value

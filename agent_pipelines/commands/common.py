@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from agent_pipelines.catalog.durations import parse_duration
 
 if TYPE_CHECKING:
     from agent_pipelines.catalog.loader import Catalog
@@ -37,19 +36,16 @@ def opened_store() -> Iterator[StateStore]:
 
 
 def parse_moment(text: str | None, now: dt.datetime | None = None) -> dt.datetime | None:
-    """`2h` / `30m` / `7d` back from now, or an ISO date/time (UTC unless it says otherwise)."""
+    """`2h` / `30m` / `7d` back from now, or an ISO date/time (records.filters.parse_moment), as
+    a command-line option: a bad value is a usage error."""
+    from agent_pipelines.records.filters import parse_moment as parse
+
     if not text:
         return None
-    now = now or dt.datetime.now(dt.timezone.utc)
     try:
-        return now - dt.timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"expected a duration back from now (2h, 30m, 7d) or an ISO time, got {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+        return parse(text, now or dt.datetime.now(dt.timezone.utc))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @contextmanager

@@ -43,13 +43,7 @@ def enqueue(catalog: Catalog, store: StateStore, events: Iterable[Event], now: d
                 kind=event.kind,
                 window_s=target.window_s,
                 now=now,
-                new={
-                    "task": event.task,
-                    "agent": event.agent,
-                    "title": render.title(event),
-                    "body": render.body(event),
-                    "latest_event": event.to_json(),
-                },
+                new=_message_fields(event),
             )
             folded += was_folded
             queued += not was_folded
@@ -72,13 +66,18 @@ def follow_up(catalog: Catalog, store: StateStore, now: dt.datetime) -> EnqueueR
             kind=latest.kind,
             window_s=message.window_s,
             now=now,
-            new={
-                "task": latest.task,
-                "agent": latest.agent,
-                "title": render.title(latest),
-                "body": render.body(latest),
-                "latest_event": latest.to_json(),
-            },
+            new=_message_fields(latest),
         )
         report += EnqueueReport(queued=1)
     return report
+
+
+def _message_fields(event: Event) -> dict[str, object]:
+    """What an outbox row says about the event it tells."""
+    return {
+        "task": event.task,
+        "agent": event.agent,
+        "title": render.title(event),
+        "body": render.body(event),
+        "latest_event": event.to_json(),
+    }

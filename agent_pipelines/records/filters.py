@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from agent_pipelines.catalog.durations import parse_duration
 from agent_pipelines.catalog.loader import Catalog
+from agent_pipelines.catalog.spec import owner_shorthand
 from agent_pipelines.store import status
 from agent_pipelines.store.records import RecordFilter
 
@@ -36,13 +37,9 @@ def parse_moment(text: str, now: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
-def _owner(value: str) -> str:
-    return value if ":" in value or "@" in value else f"team:{value}"
-
-
 def tasks_of_owners(catalog: Catalog, owners: Iterable[str]) -> frozenset[str]:
     """Tasks the catalog gives to any of `owners` (`ops` means the team `team:ops`)."""
-    wanted = {_owner(o) for o in owners}
+    wanted = {owner_shorthand(o) for o in owners}
     known = {task.owner for task in catalog.tasks.values()}
     unknown = sorted(wanted - known)
     if unknown:

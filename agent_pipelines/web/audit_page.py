@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from html import escape
 from urllib.parse import urlencode
 
@@ -9,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from agent_pipelines.commands.common import parse_moment
+from agent_pipelines.records.filters import parse_moment
 from agent_pipelines.web.layout import cell, page, page_store
 
 _FILTERS = ("actor", "action", "target", "outcome", "since")
@@ -28,7 +30,7 @@ def _entries(request: Request) -> tuple[list, dict[str, str]]:
         action=params["action"] or None,
         target=params["target"] or None,
         outcome=params["outcome"] or None,
-        since=parse_moment(params["since"]) if params["since"] else None,
+        since=parse_moment(params["since"], dt.datetime.now(dt.timezone.utc)) if params["since"] else None,
         before_seq=int(before) if before and before.isdigit() else None,
         limit=_PAGE_SIZE,
     )
@@ -36,13 +38,19 @@ def _entries(request: Request) -> tuple[list, dict[str, str]]:
 
 
 async def audit_json(request: Request) -> Response:
-    entries, _ = _entries(request)
+    try:
+        entries, _ = _entries(request)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
     more = entries[-1].seq if len(entries) == _PAGE_SIZE else None
     return JSONResponse({"entries": [entry.as_json() for entry in entries], "next_before": more})
 
 
 async def audit_html(request: Request) -> Response:
-    entries, params = _entries(request)
+    try:
+        entries, params = _entries(request)
+    except ValueError as exc:
+        return page("Audit log", f"<p class='denied'>{escape(str(exc))}</p>")
     check = page_store().verify_audit()
     chain = (
         f"<p class='ok'>Hash chain intact: {check.entries} entries, head <span class='mono'>{escape(check.head_hash[:16])}…</span></p>"
