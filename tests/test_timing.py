@@ -63,6 +63,21 @@ def test_six_field_cron_has_seconds_first() -> None:
     assert _due(spec, "2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z") == ["2026-11-23T01:00:30.000Z"]
 
 
+def test_cron_offset_shifts_every_due_time() -> None:
+    """OpenClaw staggers a job's top-of-hour runs by a stable per-job offset (milliseconds)."""
+    spec = CronScheduleSpec(cron="0 * * * *", offset="83.246s")
+    assert _due(spec, "2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z") == [
+        "2026-01-01T00:01:23.246Z",
+        "2026-01-01T01:01:23.246Z",
+    ]
+    # A window that starts between a cron time and its shifted due time still finds it.
+    assert _due(spec, "2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z") == ["2026-01-01T00:01:23.246Z"]
+    assert next_due_time(spec, parse_due("2026-01-01T00:01:23.246Z")) == parse_due("2026-01-01T01:01:23.246Z")
+    spec = CronScheduleSpec(cron="30 0 9 * * MON-FRI", timezone="Europe/Berlin", offset="90s")
+    assert _due(spec, "2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z") == ["2026-11-23T08:02:00.000Z"]
+    assert spec.describe() == "cron `30 0 9 * * MON-FRI` + 90s (Europe/Berlin)"
+
+
 def test_five_field_cron_in_a_time_zone() -> None:
     spec = CronScheduleSpec(cron="0 9 * * *", timezone="Europe/Paris")
     assert _due(spec, "2026-07-01T00:00:00Z", "2026-07-02T00:00:00Z") == ["2026-07-01T07:00:00.000Z"]
@@ -119,6 +134,7 @@ def test_window_floor() -> None:
     [
         ({"cron": "61 * * * *"}, "invalid cron"),
         ({"cron": "75 * * * * *"}, "invalid seconds field"),
+        ({"cron": "0 * * * *", "offset": "2d"}, "less than 86400"),
         ({"cron": "* * *"}, "expected 5 fields"),
         ({"every": "500ms"}, "greater than or equal to 1"),
         ({"every": "5s", "anchor": "2026-01-01T00:00:00"}, "needs a UTC offset"),

@@ -1,4 +1,5 @@
-"""When tasks are due: cron (5 fields, or 6 with seconds first), fixed intervals, one-shot times.
+"""When tasks are due: cron (5 fields, or 6 with seconds first; optionally shifted by a fixed
+offset), fixed intervals, one-shot times.
 
 Everything returns aware UTC datetimes, ascending. Cron is evaluated by croniter on the local
 wall clock of the schedule's time zone, then placed on the UTC timeline with Dagster's rules for
@@ -125,6 +126,9 @@ def due_times(schedule: Schedule, start: dt.datetime, end: dt.datetime) -> Itera
     if end <= start:
         return iter(())
     if isinstance(schedule, CronScheduleSpec):
+        if schedule.offset:
+            shift = dt.timedelta(seconds=schedule.offset)
+            return (moment + shift for moment in _cron_due_times(schedule, start - shift, end - shift))
         return _cron_due_times(schedule, start, end)
     if isinstance(schedule, IntervalScheduleSpec):
         return _interval_due_times(schedule, start, end)
