@@ -4,7 +4,9 @@ It speaks every protocol the clients in `agent_pipelines.agents` speak (OpenAI c
 OpenClaw and Hermes session headers, Dify chat and workflow, a generic `/agent`), keeps
 sessions, honours `Idempotency-Key`, records what it received and fails on demand, so the
 whole pipeline can be exercised without a model. Everything is async: simulated latency is an
-`asyncio.sleep`, so one process serves thousands of concurrent requests.
+`asyncio.sleep`, so one process serves thousands of concurrent requests, unless `capacity` says
+how many it works on at once: the rest then wait inside, in arrival order, the way a saturated
+gateway queues them (`outstanding()` tells how many were waiting or worked on at each moment).
 
 Faults follow the same split as `FailureKind`: status faults (500, 502, 429, ...) reject the
 request before any work is done, while `delay_s`, `malformed` and `drop` do the work (counted,
@@ -14,6 +16,7 @@ cached under the idempotency key) and then spoil only the delivery, i.e. outcome
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -54,6 +57,7 @@ class DemoAgentConfig:
     token: str | None = None  # when set, agent endpoints require `Authorization: Bearer <token>`
     model: str = "demo-model"
     log_limit: int = 10_000  # received requests kept in the log (oldest dropped first)
+    capacity: int | None = None  # requests worked on at once; None: unbounded
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,28 @@ class DemoAgentState:
             self.idempotency: dict[str, CachedResponse] = {}
             self.inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
             self.faults: deque[dict[str, Any]] = deque()
+            self.outstanding = 0  # agent requests received and not answered yet (waiting or worked on)
+            self.load_log: deque[tuple[float, int]] = deque(maxlen=self.config.log_limit)  # (at, outstanding)
+            self._capacity: asyncio.Semaphore | None = None
+
+    def capacity_slot(self) -> asyncio.Semaphore | contextlib.AbstractAsyncContextManager[None]:
+        """Held while a request is worked on (created on the server's loop, on first use)."""
+        if self.config.capacity is None:
+            return contextlib.nullcontext()
+        with self._lock:
+            if self._capacity is None:
+                self._capacity = asyncio.Semaphore(self.config.capacity)
+            return self._capacity
+
+    def count_outstanding(self, change: int) -> None:
+        with self._lock:
+            self.outstanding += change
+            self.load_log.append((time.time(), self.outstanding))
+
+    def outstanding_log(self) -> list[tuple[float, int]]:
+        """(time, requests waiting or worked on) after every arrival and answer."""
+        with self._lock:
+            return list(self.load_log)
 
     def push_faults(self, steps: Iterable[Mapping[str, Any]]) -> int:
         """Queue fault steps (validated); each is consumed by one incoming agent request."""
@@ -512,7 +538,12 @@ async def handle_agent_request(request: Request, protocol: Protocol) -> Response
         return error_response(500, f"simulated failure of request {number}", "server_error")
 
     key = request.headers.get("idempotency-key")
-    result = await run_once(state, generation, key, work, state.latency_s(number) + delay_s)
+    state.count_outstanding(+1)
+    try:
+        async with state.capacity_slot():
+            result = await run_once(state, generation, key, work, state.latency_s(number) + delay_s)
+    finally:
+        state.count_outstanding(-1)
     if result is None:
         return error_response(503, "the demo agent was reset during this request", "server_error")
     replayed, cached = result

@@ -1,4 +1,5 @@
-"""Every agent as an asset (`agents/<name>`), with a `healthy` check, and for agents with a
+"""Every agent as an asset (`agents/<name>`), with a `healthy` check, a `not_saturated` check and
+load observations (agent_pipelines.scheduling.load_publication), and for agents with a
 `lifecycle:` a `wakes` check and lifecycle observations (agent_pipelines.lifecycle.publication).
 
 The dispatcher evaluates the check whenever an agent's state changes (marked unhealthy after
@@ -16,6 +17,8 @@ from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.lifecycle.publication import WAKES_CHECK, wakes_evaluation
 from agent_pipelines.scheduling import event_loop
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
+from agent_pipelines.scheduling.load import agent_loads
+from agent_pipelines.scheduling.load_publication import CHECK_DESCRIPTION, NOT_SATURATED_CHECK, saturation_evaluation
 from agent_pipelines.scheduling.publication import HEALTHY_CHECK, agent_asset_key
 from resources.agents import AgentsResource
 from agent_pipelines.store.lifecycle import LifecycleState
@@ -54,6 +57,9 @@ def build_agent_definitions(catalog: Catalog) -> dg.Definitions:
         )
         for agent in catalog.agents.values()
     ] + [
+        dg.AssetCheckSpec(NOT_SATURATED_CHECK, asset=agent_asset_key(agent.name), description=CHECK_DESCRIPTION)
+        for agent in catalog.agents.values()
+    ] + [
         dg.AssetCheckSpec(
             WAKES_CHECK,
             asset=agent_asset_key(agent.name),
@@ -63,7 +69,9 @@ def build_agent_definitions(catalog: Catalog) -> dg.Definitions:
         if agent.lifecycle is not None
     ]
 
-    @dg.multi_asset_check(specs=checks, can_subset=True, name="probe_agents", description="Probes the selected agents now.")
+    @dg.multi_asset_check(
+        specs=checks, can_subset=True, name="probe_agents", description="Probes the selected agents now; reads their load."
+    )
     def probe_agents(context: dg.AssetCheckExecutionContext, store: StoreResource, agents: AgentsResource) -> Iterator[dg.AssetCheckResult]:
         names = [key.asset_key.path[-1] for key in context.selected_asset_check_keys if key.name == HEALTHY_CHECK]
         state = store.for_instance(context.instance)
@@ -75,6 +83,20 @@ def build_agent_definitions(catalog: Catalog) -> dg.Definitions:
                 evaluation = wakes_evaluation(agent, found)
                 yield dg.AssetCheckResult(
                     asset_key=evaluation.asset_key, check_name=WAKES_CHECK, passed=evaluation.passed, description=evaluation.description, metadata=evaluation.metadata
+                )
+
+        saturation = [key.asset_key.path[-1] for key in context.selected_asset_check_keys if key.name == NOT_SATURATED_CHECK]
+        if saturation:
+            loads = agent_loads(state, saturation, SYSTEM_CLOCK.now())
+            for agent in saturation:
+                evaluation = saturation_evaluation(agent, loads.get(agent))
+                yield dg.AssetCheckResult(
+                    asset_key=evaluation.asset_key,
+                    check_name=NOT_SATURATED_CHECK,
+                    passed=evaluation.passed,
+                    severity=evaluation.severity,
+                    description=evaluation.description,
+                    metadata=evaluation.metadata,
                 )
 
         async def probe_all() -> list:

@@ -347,6 +347,25 @@ def test_lateness_failed_checks_unhealthy_agents_and_budgets(tmp_path: Path, sto
     assert texts(inbox)[1][0] == "[agent-pipelines] agent demo is healthy again"
 
 
+def test_an_execution_skipped_for_a_saturated_agent_is_late_news_and_a_superseded_one_is_not(
+    tmp_path: Path, store: StateStore, smtp, webhook: Webhook
+) -> None:
+    smtp_port, _inbox = smtp
+    service = NotificationService(make_catalog(tmp_path, smtp_port, webhook.server.port), store, ManualClock(dt.datetime.now(UTC)))
+    cursor = DetectionCursor()
+    service.tick(cursor)
+    now = dt.datetime.now(UTC)
+    saturated = "agent saturated: demo had no free slot for 60.0 s, ...; queue length 7 waiting, 2 in flight at its limit 2"
+    for key, reason in (("digest-saturated", saturated), ("digest-superseded", "superseded: a newer due time of this task ...")):
+        store.claim([Claim(key, "digest", "demo", "run-x", "schedule", now, "v1")])
+        store.settle([Settlement(key=key, task="digest", status=status.SKIPPED, run_id="run-x", reason=reason)])
+    report = service.tick(cursor)
+    assert [(e.kind, e.facts["execution"]) for e in report.events] == [("late", "digest-saturated")]
+    (message,) = [m for m in webhook.received if "digest" in m["title"]]
+    assert message["title"] == "[agent-pipelines] task digest missed its due time"
+    assert "never ran for its due time" in message["message"] and "queue length 7 waiting" in message["message"]
+
+
 def test_the_sensor_keeps_its_cursor_and_only_exists_with_channels(
     tmp_path: Path, instance: dg.DagsterInstance, smtp, webhook: Webhook
 ) -> None:

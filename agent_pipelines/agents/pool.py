@@ -2,13 +2,13 @@
 
 Every call site (scheduled and manual executions, batch shards, the judge, the tuner) gets its
 connections from an `AgentPool`, so the HTTP library, connection limits and credentials are
-decided here and nowhere else. A connection bounds the requests in flight to its agent with the
-agent's `max_concurrency`; the token is read when each request is built (see `credentials`).
+decided here and nowhere else. A connection bounds the requests in flight to its agent (or fleet
+node) by a limit learned from its latency and errors, at most its `max_concurrency` (see
+`limiter`); the token is read when each request is built (see `credentials`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -19,6 +19,7 @@ import httpx
 
 from agent_pipelines.agents.base import AgentCallError, AgentClient, AgentRequest, AgentResponse, AgentSettings
 from agent_pipelines.agents.credentials import TokenSource
+from agent_pipelines.agents.limiter import ConcurrencyGate, GradientLimiter, Outcome, outcome_of
 from agent_pipelines.agents.registry import AGENT_CLIENTS, create_client
 from agent_pipelines.agents.transport import AiohttpTransport, HttpxTransport
 from agent_pipelines.catalog.model import AgentSpecBase
@@ -52,22 +53,32 @@ def replays_history(spec: AgentSpecBase) -> bool:
 
 
 class AgentConnection:
-    """An open client plus the limit on requests in flight to its agent from this process."""
+    """An open client plus the gate that bounds requests in flight to its agent."""
 
     def __init__(self, client: AgentClient, max_concurrency: int) -> None:
         self.client = client
-        self._slots = asyncio.Semaphore(max_concurrency)
-
-    def slot(self) -> asyncio.Semaphore:
-        """Hold while a request is in flight (`async with connection.slot(): ...`)."""
-        return self._slots
+        self.gate = ConcurrencyGate(GradientLimiter(max_concurrency))
 
     async def invoke(self, request: AgentRequest, on_send: Callable[[], None] | None = None) -> AgentResponse:
-        """`on_send` runs once a slot is free, right before the request leaves (lateness)."""
-        async with self._slots:
+        """Wait for a permit, send, and tell the limiter what the answer said. `on_send` runs
+        once a permit is granted, right before the request leaves (lateness)."""
+        permit = await self.gate.acquire()
+        outcome: Outcome = "ignore"
+        latency_s: float | None = None
+        try:
             if on_send is not None:
                 on_send()
-            return await self.client.invoke(request)
+            self.gate.sending(permit)
+            started = self.gate.clock.time()
+            try:
+                response = await self.client.invoke(request)
+            except AgentCallError as error:
+                outcome = outcome_of(error.kind)
+                raise
+            outcome, latency_s = "ok", self.gate.clock.time() - started
+            return response
+        finally:
+            self.gate.release(permit, outcome, latency_s)
 
 
 class AgentPool:

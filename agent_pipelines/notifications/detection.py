@@ -2,7 +2,8 @@
 
 Everything is read after the fact, outside runs: executions that ended failed or unknown (after
 their retries: `retrying` is not an end), a task's first success after failures, executions
-sent later than their task's `late_after` (or missed altogether), failed checks, agents marked
+sent later than their task's `late_after` (or missed altogether, or skipped because their agent was
+saturated), failed checks, agents marked
 unhealthy (and back), budgets exceeded today. The cursor remembers where each source stopped,
 so each fact yields one event.
 
@@ -25,6 +26,7 @@ from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.costs import day_start, overruns
 from agent_pipelines.notifications.events import Event
 from agent_pipelines.notifications.routing import late_threshold
+from agent_pipelines.scheduling.admission import SATURATED
 from agent_pipelines.store import StateStore, schema, status
 from agent_pipelines.store.base import aware
 
@@ -33,7 +35,7 @@ BATCH = 1000
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 FAILED = frozenset({status.FAILED, status.UNKNOWN})
 SETTLED = (status.SUCCEEDED, status.FAILED, status.UNKNOWN)
-SCANNED = (*SETTLED, status.MISSED)
+SCANNED = (*SETTLED, status.MISSED, status.SKIPPED)
 
 
 @dataclass
@@ -147,7 +149,10 @@ class Detector:
             threshold = late_threshold(self.catalog, task)
             if threshold is not None:
                 lateness = (row["lateness_ms"] or 0.0) / 1000.0
-                if row["status"] == status.MISSED or lateness > threshold:
+                never_sent = row["status"] == status.MISSED or (
+                    row["status"] == status.SKIPPED and (row["reason"] or "").startswith(SATURATED)
+                )
+                if never_sent or lateness > threshold:
                     events.append(Event(kind="late", facts={**facts, "late_after_s": threshold}, **common))
         newest = max(_utc(r["updated_at"]) for r in rows)
         cursor.executions_after = max(cursor.executions_after, newest)

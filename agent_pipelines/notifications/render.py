@@ -5,6 +5,8 @@ from __future__ import annotations
 from agent_pipelines.catalog.durations import format_duration
 from agent_pipelines.notifications.events import Event
 
+#: `late` events of executions that never left: missed, or skipped while their agent was saturated.
+NEVER_SENT = ("missed", "skipped")
 PREFIX = "[agent-pipelines]"
 
 
@@ -31,7 +33,7 @@ def title(event: Event) -> str:
     elif event.kind == "recovery":
         what = f"task {name} recovered"
     elif event.kind == "late":
-        what = f"task {name} missed its due time" if f.get("status") == "missed" else f"task {name} ran late"
+        what = f"task {name} missed its due time" if f.get("status") in NEVER_SENT else f"task {name} ran late"
     elif event.kind == "check_failed":
         what = f"task {name} failed check {f.get('check')}"
     else:
@@ -58,7 +60,7 @@ def body(event: Event) -> str:
             f"since {f.get('failing_since')}."
         )
     elif event.kind == "late":
-        if f.get("status") == "missed":
+        if f.get("status") in NEVER_SENT:
             lines.append(f"Task {event.task} (owner {event.owner}) never ran for its due time {f.get('due_time')}.")
             lines += _line("Reason", f.get("reason"))
         else:

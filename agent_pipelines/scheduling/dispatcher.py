@@ -9,8 +9,10 @@ workflow as soon as its upstream answered (reading exactly that answer), events 
 
 Each instant goes through three steps: shortly before it, the executions are claimed and their
 prompts rendered (a worker thread: database and templates); just before it, they are marked
-`sending` in one statement; at the instant, the requests leave. Answers are handed to the
-`Recorder` (store first, then Dagster) without ever waiting on the loop.
+`sending` in one statement; at the instant, the requests leave. An agent that cannot keep up
+gets no more requests than its learned limit: the rest wait in the platform's queue, ordered and
+each with a deadline (`admission`, `load`). Answers are handed to the `Recorder` (store first,
+then Dagster) without ever waiting on the loop.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from agent_pipelines.agents.base import AgentCallError, FailureKind
+from agent_pipelines.agents.limiter import Outcome, outcome_of
 from agent_pipelines.agents.pool import AgentPool
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import TaskSpec
@@ -35,9 +38,11 @@ from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.checks import CheckOutcome, Judged, judge_verdict, local_checks
 from agent_pipelines.prompts.registry import PromptRegistry
 from agent_pipelines.lifecycle.gate import LifecycleGate
+from agent_pipelines.scheduling.admission import Admission, Refusal
 from agent_pipelines.scheduling.agent_health import HealthGate
 from agent_pipelines.scheduling.attempts import AttemptMarker
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK, Clock
+from agent_pipelines.scheduling.load import LoadBoard
 from agent_pipelines.scheduling.prepare import Preparer
 from agent_pipelines.scheduling.publication import Publication, health_check
 from agent_pipelines.scheduling.recorder import Recorder, Verdict
@@ -139,6 +144,8 @@ class Dispatcher:
         )
         self.summary = Summary()
         self.spans = ExecutionSpans(run_id)
+        self.admission = Admission(clock)
+        self.load = LoadBoard(store, run_id, clock, self.admission, self.log)
         self._heap: list[tuple[float, int, WorkItem]] = []
         self._order = itertools.count()
         self._pending: list[WorkItem] = []  # added from other threads before the loop runs
@@ -196,10 +203,13 @@ class Dispatcher:
                 self._listening = plan.events is not None and bool(plan.events.listeners)
                 watcher = asyncio.create_task(self._watch_events(plan.events)) if self._listening else None
                 collector = asyncio.create_task(self._collect_garbage())
+                sharing = asyncio.create_task(self.load.run())
                 try:
                     await self._drive()
                 finally:
                     await self._wind_down(watcher, collector)
+                    sharing.cancel()
+                    await self._share_final()
         finally:
             await asyncio.to_thread(self._release_everything)
             if gc_was_enabled:
@@ -218,6 +228,14 @@ class Dispatcher:
         if not self.recorder.every_success:
             self.recorder.known_outcomes(self.store.latest_outcomes(sorted(carried)))
         self._paused, self._paused_at = self.store.paused_tasks(), self.clock.time()
+        self.load.load(self.catalog.agents)
+
+    async def _share_final(self) -> None:
+        """This run's last view of its agents: nothing in flight or waiting any more."""
+        try:
+            await self.load.sync(final=True)
+        except Exception:  # noqa: BLE001 - advisory: a stale view expires by itself
+            self.log.exception("could not share agent load through the store")
 
     def _follower_map(self, plan: Plan) -> dict[str, list[TaskSpec]]:
         selected = {item.task.name for item in plan.items} | set(plan.carried)
@@ -365,29 +383,40 @@ class Dispatcher:
             except AgentCallError as error:
                 self._finish(Finished(item, status.FAILED, problem=error, reason="nothing was sent", version=attempt.version))
                 return
+            gate = self.load.track(agent, connection.gate)
+            admitted = await self.admission.enter(item, agent, gate)
+            if isinstance(admitted, Refusal):
+                self._finish(Finished(item, admitted.status, reason=admitted.reason, version=attempt.version))
+                return
+            permit, outcome = admitted, cast(Outcome, "ignore")
             turn = (
                 self.turns.turn(attempt.request.session.key, item.key, attempt.request.timeout_s)
                 if item.task.session == "task"
                 else contextlib.nullcontext()
             )
-            async with turn, connection.slot():
-                number = await self.marker.mark(item.key)
-                if number is None:
-                    self.summary.lost_claims += 1
-                    self.log.info(f"{item.task.name}: {item.trigger.ref} is no longer this run's to send")
-                    return
-                attempt.number = number
-                await self.clock.sleep_until(item.fire_at)  # never early
-                attempt.sent_at = self.clock.now()
-                left = True
-                with self.spans.attempt(attempt):
-                    try:
-                        attempt.response = await connection.client.invoke(attempt.request)
-                    except AgentCallError as error:
-                        attempt.error = error
-                    except Exception as exc:  # noqa: BLE001 - an adapter bug fails this execution only
-                        attempt.error = AgentCallError(FailureKind.MALFORMED, f"unexpected client error: {exc!r}")
-                attempt.answered_at = self.clock.now()
+            try:
+                async with turn:
+                    number = await self.marker.mark(item.key)
+                    if number is None:
+                        self.summary.lost_claims += 1
+                        self.log.info(f"{item.task.name}: {item.trigger.ref} is no longer this run's to send")
+                        return
+                    attempt.number = number
+                    await self.clock.sleep_until(item.fire_at)  # never early
+                    attempt.sent_at = self.clock.now()
+                    gate.sending(permit)
+                    left = True
+                    with self.spans.attempt(attempt):
+                        try:
+                            attempt.response = await connection.client.invoke(attempt.request)
+                        except AgentCallError as error:
+                            attempt.error = error
+                        except Exception as exc:  # noqa: BLE001 - an adapter bug fails this execution only
+                            attempt.error = AgentCallError(FailureKind.MALFORMED, f"unexpected client error: {exc!r}")
+                    attempt.answered_at = self.clock.now()
+                    outcome = outcome_of(attempt.error.kind if attempt.error is not None else None)
+            finally:
+                gate.release(permit, outcome, _latency_s(attempt) if outcome == "ok" else None)
         except asyncio.CancelledError:
             if left:
                 why = "the run stopped while the request was in flight: the agent may have acted"
@@ -555,6 +584,13 @@ class Dispatcher:
             for execution in released:
                 self.summary.count(execution.status)
         self.spans.close()
+
+
+def _latency_s(attempt: Attempt) -> float | None:
+    """How long the agent took, on the dispatcher's clock (what the limiter learns from)."""
+    if attempt.sent_at is None or attempt.answered_at is None:
+        return None
+    return (attempt.answered_at - attempt.sent_at).total_seconds()
 
 
 def _judged(attempt: Attempt) -> Judged:

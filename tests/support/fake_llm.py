@@ -3,14 +3,17 @@
 The Hermes Agent API server and the OpenClaw gateway are real programs that call a model
 provider; no model is reachable here, so they are pointed at this server. It answers
 `/v1/chat/completions` (plain and streamed as server-sent events) and `/v1/models`, derives each
-answer deterministically from the conversation it was sent, can be told to be slow, and records
-every request so a test can read the transcript a gateway built (which turns of which
-conversation reached the model, in which order, overlapping or not).
+answer deterministically from the conversation it was sent, can be told to be slow and to work on
+only `concurrency` requests at once (the rest wait, in arrival order, like a saturated provider),
+and records every request so a test can read the transcript a gateway built (which turns of which
+conversation reached the model, in which order, overlapping or not, and when each was served).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import json
 import threading
@@ -39,8 +42,9 @@ class LlmCall:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
-    started_at: float
+    started_at: float  # when it arrived
     finished_at: float | None = None
+    served_at: float | None = None  # when the model began on it (after waiting for `concurrency`)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -58,8 +62,22 @@ class LlmCall:
 @dataclass
 class FakeLlmState:
     latency_s: float = 0.0
+    concurrency: int | None = None  # requests worked on at once; None: unbounded
     calls: list[LlmCall] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _slots: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    def slots(self) -> Any:
+        """Held while a request is worked on (made on the server's loop at first use)."""
+        if self.concurrency is None:
+            return contextlib.nullcontext()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return self._slots
+
+    def served(self, number: int) -> None:
+        with self.lock:
+            self.calls[number] = dataclasses.replace(self.calls[number], served_at=time.time())
 
     def start(self, request: Request, body: dict[str, Any]) -> int:
         with self.lock:
@@ -71,8 +89,7 @@ class FakeLlmState:
 
     def finish(self, number: int) -> None:
         with self.lock:
-            call = self.calls[number]
-            self.calls[number] = LlmCall(call.number, call.path, call.headers, call.body, call.started_at, time.time())
+            self.calls[number] = dataclasses.replace(self.calls[number], finished_at=time.time())
 
 
 def content_text(content: Any) -> str:
@@ -111,7 +128,9 @@ def create_app(state: FakeLlmState) -> Starlette:
         created = int(time.time())
         model = body.get("model") or MODEL
         if not body.get("stream"):
-            await asyncio.sleep(state.latency_s)
+            async with state.slots():
+                state.served(number)
+                await asyncio.sleep(state.latency_s)
             state.finish(number)
             return JSONResponse(
                 {
@@ -125,7 +144,9 @@ def create_app(state: FakeLlmState) -> Starlette:
             )
 
         async def events() -> Any:
-            await asyncio.sleep(state.latency_s)
+            async with state.slots():
+                state.served(number)
+                await asyncio.sleep(state.latency_s)
 
             def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
                 payload = {
@@ -170,8 +191,8 @@ class RunningFakeLlm(RunningServer):
 
 
 @contextmanager
-def run_fake_llm(latency_s: float = 0.0) -> Iterator[RunningFakeLlm]:
-    state = FakeLlmState(latency_s=latency_s)
+def run_fake_llm(latency_s: float = 0.0, concurrency: int | None = None) -> Iterator[RunningFakeLlm]:
+    state = FakeLlmState(latency_s=latency_s, concurrency=concurrency)
     server = serve_in_thread(create_app(state), name="fake-llm")
     running = RunningFakeLlm(server.server, server.thread, server.host, server.port)
     running.state = state

@@ -1,0 +1,169 @@
+"""The adaptive limit on virtual time: a simulated agent that serves `capacity` requests at once
+(the rest queue inside it, as a gateway does) driven by a client that always has more to send.
+The limit must come down to about the agent's capacity when its latency rises, come down on
+overload errors, and go back up when the agent gets faster; and the gate must hand out permits
+by rank, within the limit, counting other runs' requests."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from agent_pipelines.agents.base import FailureKind
+from agent_pipelines.agents.limiter import (
+    ConcurrencyGate,
+    GradientLimiter,
+    LimiterSettings,
+    LimiterState,
+    outcome_of,
+)
+from agent_pipelines.scheduling.clock import ManualClock
+
+
+@dataclass
+class Agent:
+    """A FIFO multi-server queue: `capacity` requests served at once, each `service_s` ± jitter."""
+
+    capacity: int
+    service_s: float
+    jitter: float = 0.1
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.free_at = [0.0] * self.capacity
+
+    def resize(self, capacity: int, now: float) -> None:
+        self.free_at = sorted(self.free_at)[:capacity] + [now] * max(0, capacity - len(self.free_at))
+        self.capacity = capacity
+
+    def answer_at(self, now: float) -> float:
+        server = min(range(len(self.free_at)), key=lambda i: self.free_at[i])
+        start = max(now, self.free_at[server])
+        self.free_at[server] = start + self.service_s * (1 + self.jitter * (2 * self.rng.random() - 1))
+        return self.free_at[server]
+
+
+def drive(limiter: GradientLimiter, agent: Agent, start: float, until: float, error_every: int = 0) -> list[tuple[float, int, int]]:
+    """Keep the limiter's limit in flight until `until`; (time, limit, in flight) after each answer."""
+    now, in_flight, answered, trace = start, 0, 0, []
+    pending: list[tuple[float, float, int]] = []  # (answer at, sent at, in flight when sent)
+    while now < until:
+        while in_flight < limiter.limit:
+            in_flight += 1
+            heapq.heappush(pending, (agent.answer_at(now), now, in_flight))
+        done, sent, when_sent = heapq.heappop(pending)
+        now, in_flight, answered = done, in_flight - 1, answered + 1
+        if error_every and answered % error_every == 0:
+            limiter.on_overload(sent, now)
+        else:
+            limiter.on_answer(done - sent, when_sent, sent, now)
+        trace.append((now, limiter.limit, in_flight + 1))
+    return trace
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 4])
+def test_the_limit_comes_down_to_what_a_saturated_agent_serves(capacity: int) -> None:
+    limiter = GradientLimiter(16)
+    assert limiter.limit == 16, "it starts from max_concurrency"
+    trace = drive(limiter, Agent(capacity, service_s=2.0), start=0.0, until=900.0)
+    settled = [limit for at, limit, _ in trace if at > 300]
+    # Latency tolerance 2 allows about the capacity again in flight: the queue inside the agent
+    # stays about as long as what it serves at once, instead of growing to 16 - capacity.
+    mean = sum(settled) / len(settled)
+    assert capacity * 0.9 <= mean <= 2 * capacity + 1, (capacity, mean)
+    assert max(settled) <= 2.5 * capacity + 1, (capacity, max(settled))
+    assert limiter.baseline_s == pytest.approx(2.0, rel=0.15), "the baseline is the latency without a queue"
+
+
+def test_the_limit_goes_back_up_when_the_agent_keeps_up_again() -> None:
+    limiter = GradientLimiter(16)
+    agent = Agent(1, service_s=1.0)
+    drive(limiter, agent, 0.0, 600.0)
+    assert limiter.limit <= 3
+    agent.resize(12, 600.0)
+    trace = drive(limiter, agent, 600.0, 1500.0)
+    assert max(limit for at, limit, _ in trace if at > 1000) >= 12, "recovered to (about) the new capacity"
+
+
+def test_overload_errors_cut_the_limit_once_per_round_trip() -> None:
+    limiter = GradientLimiter(16, state=LimiterState(estimate=16.0, baseline_s=1.0, next_probe_at=10_000.0))
+    # Eight requests sent together all fail: one cut, not eight.
+    for _ in range(8):
+        limiter.on_overload(sent_at=100.0, now=101.0)
+    assert limiter.limit == 12
+    limiter.on_overload(sent_at=101.5, now=102.5)  # sent after the cut: it cuts again
+    assert limiter.limit == 9
+    trace = drive(limiter, Agent(16, service_s=1.0), 103.0, 400.0, error_every=3)
+    assert trace[-1][1] <= 4, "a third of the answers being 503s keeps it low"
+
+
+def test_an_idle_agent_does_not_grow_the_limit_it_does_not_use() -> None:
+    limiter = GradientLimiter(16, state=LimiterState(estimate=4.0, baseline_s=1.0, next_probe_at=10_000.0))
+    for i in range(50):
+        limiter.on_answer(1.0, in_flight=1, sent_at=float(i), now=float(i) + 1)
+    assert limiter.limit == 4
+
+
+def test_the_baseline_is_measured_again_one_request_at_a_time() -> None:
+    limiter = GradientLimiter(8, LimiterSettings(probe_every_s=60.0), LimiterState(estimate=6.0, baseline_s=1.0, next_probe_at=50.0))
+    limiter.on_answer(1.0, in_flight=6, sent_at=49.0, now=50.0)
+    assert limiter.probing and limiter.limit == 1
+    limiter.on_answer(9.0, in_flight=6, sent_at=45.0, now=54.0)  # sent before the probe: not a sample
+    for n in range(3):
+        limiter.on_answer(2.0, in_flight=1, sent_at=55.0 + 2 * n, now=57.0 + 2 * n)
+    assert not limiter.probing and limiter.baseline_s == 2.0
+    assert limiter.limit == 5, "the 9 s answer that arrived during the probe is judged against the new baseline"
+    assert limiter.state.next_probe_at == pytest.approx(61.0 + 60.0)
+
+
+def test_restored_state_is_clamped_to_the_agents_bounds() -> None:
+    state = LimiterState.from_json(LimiterState(estimate=40.0, baseline_s=0.5, recent_s=0.7, samples=9).to_json())
+    limiter = GradientLimiter(8, state=state)
+    assert limiter.limit == 8 and limiter.baseline_s == 0.5 and limiter.recent_s == 0.7
+
+
+@pytest.mark.parametrize(
+    ("kind", "outcome"),
+    [(None, "ok"), (FailureKind.RATE_LIMITED, "overload"), (FailureKind.SERVER_ERROR, "overload"), (FailureKind.TIMEOUT, "overload"),
+     (FailureKind.CLIENT_ERROR, "ignore"), (FailureKind.MALFORMED, "ignore"), (FailureKind.CONNECTION, "ignore")],
+)
+def test_what_an_answer_says_about_capacity(kind: FailureKind | None, outcome: str) -> None:
+    assert outcome_of(kind) == outcome
+
+
+def test_the_gate_grants_by_rank_within_the_limit_and_counts_other_runs() -> None:
+    async def scenario() -> None:
+        clock = ManualClock(1000.0)
+        gate = ConcurrencyGate(GradientLimiter(2, state=LimiterState(estimate=2.0, baseline_s=1.0, next_probe_at=1e9)), clock)
+        first, second = gate.try_acquire(), gate.try_acquire()
+        assert first is not None and second is not None and gate.try_acquire() is None
+        order: list[str] = []
+
+        async def wait(name: str, rank: tuple) -> None:
+            permit = await gate.acquire(rank)
+            order.append(name)
+            gate.release(permit)
+
+        waiters = [asyncio.create_task(wait(n, r)) for n, r in [("late", (0, 30.0)), ("urgent", (-5, 50.0)), ("early", (0, 10.0))]]
+        cancelled = asyncio.create_task(wait("cancelled", (-9, 0.0)))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        assert gate.queued == 3
+        gate.elsewhere = 1  # another run has one in flight: releasing one of ours frees nothing
+        gate.release(first)
+        await asyncio.sleep(0)
+        assert order == [] and gate.in_flight == 1
+        gate.elsewhere = 0
+        gate.wake()
+        gate.release(second)
+        await asyncio.gather(*waiters)
+        assert order == ["urgent", "early", "late"]
+        assert gate.in_flight == 0 and gate.queued == 0
+
+    asyncio.run(scenario())
