@@ -28,6 +28,10 @@ RESCUE = f"{PREFIX}/rescue"
 RUN_NOW_ID = f"{PREFIX}/run_now_id"
 LATENESS_MS = f"{PREFIX}/lateness_ms"
 EXECUTIONS = f"{PREFIX}/executions"
+#: The one execution (idempotency key) a batch run carries: its due time, event or upstream.
+EXECUTION = f"{PREFIX}/execution"
+#: A batch run's progress, updated while it runs.
+PROGRESS = f"{PREFIX}/progress"
 TASKS = f"{PREFIX}/tasks"
 AGENTS = f"{PREFIX}/agents"
 

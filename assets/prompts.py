@@ -6,6 +6,9 @@ with a readable table in its metadata. `prompt_tuning`: the feedback loop's deci
 run (proposed, promoted, rejected, awaiting approval), recorded with the versions they concern.
 """
 
+import json
+from typing import Any
+
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
@@ -41,8 +44,11 @@ def history_frame(catalog: Catalog, store: StateStore) -> pd.DataFrame:
             conn,
         )
     columns = ["task", "version", "executions", "pass_rate", "canary_executions", "latency_p50_ms", "latency_p95_ms", "tokens_p50", "tokens_p95", "cost"]
+    batches = _batch_history(store)
+    if not batches.empty:
+        batches = batches.reindex(columns=[*columns, *(c for c in batches.columns if c not in columns)])
     if rows.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=columns) if batches.empty else batches.sort_values(["task", "version"]).reset_index(drop=True)
     per_execution = rows.groupby(["task", "version", "idempotency_key"]).agg(
         passed=("passed", "all"), latency_ms=("latency_ms", "first"), tokens=("tokens", "first"), canary=("canary", "first")
     )
@@ -70,7 +76,36 @@ def history_frame(catalog: Catalog, store: StateStore) -> pd.DataFrame:
         return round(float(row["tokens_total"]) / 1000.0 * price, 6) if price is not None else None
 
     frame["cost"] = frame.apply(cost, axis=1)
-    return frame.drop(columns=["tokens_total"]).sort_values(["task", "version"]).reset_index(drop=True)
+    frame = pd.concat([frame.drop(columns=["tokens_total"]), batches], ignore_index=True) if not batches.empty else frame.drop(columns=["tokens_total"])
+    return frame.sort_values(["task", "version"]).reset_index(drop=True)
+
+
+def _batch_history(store: StateStore) -> pd.DataFrame:
+    """Batch tasks per version: their items are the executions (recorded per run, in aggregate)."""
+    batch = schema.batch_evaluations
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(batch.c.task, batch.c.version, batch.c.canary, batch.c.checked, batch.c.passed, batch.c.failed_checks)).all()
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for task, version, canary, items, passed, failed_checks in rows:
+        entry = totals.setdefault((task, version), {"executions": 0, "passed": 0, "canary_executions": 0, "failed": {}})
+        entry["executions"] += items
+        entry["passed"] += passed
+        entry["canary_executions"] += items if canary else 0
+        for check, count in json.loads(failed_checks).items():
+            entry["failed"][check] = entry["failed"].get(check, 0) + count
+    records = []
+    for (task, version), entry in totals.items():
+        executions = entry["executions"]
+        record: dict[str, Any] = {
+            "task": task,
+            "version": version,
+            "executions": executions,
+            "pass_rate": entry["passed"] / executions if executions else None,
+            "canary_executions": entry["canary_executions"],
+        }
+        record.update({f"pass_rate_{check}": 1 - count / executions for check, count in entry["failed"].items() if executions})
+        records.append(record)
+    return pd.DataFrame.from_records(records)
 
 
 def build_prompt_definitions(catalog: Catalog) -> dg.Definitions:
@@ -115,7 +150,7 @@ def build_prompt_definitions(catalog: Catalog) -> dg.Definitions:
         )
 
     job = dg.define_asset_job(TUNING_JOB, selection=[HISTORY_ASSET, TUNING_ASSET], description="Prompt history, then the tuning loop.")
-    tuned = any(t.tuning is not None for t in catalog.regular_tasks.values())
+    tuned = any(t.tuning is not None for t in catalog.tasks.values())
     schedule = dg.ScheduleDefinition(
         name="prompt_tuning_schedule",
         cron_schedule="17 * * * *",

@@ -33,21 +33,22 @@ BASE_PORT = 18910
 
 
 @contextmanager
-def agent_processes(latency_ms: float):
+def agent_processes(latency_ms: float, nodes: int = NODES, base_port: int = BASE_PORT):
+    """Demo agents in their own processes on base_port, base_port + 1, ..."""
     env = {**os.environ, "DEMO_AGENT_TOKEN": TOKEN}
     procs = [
         subprocess.Popen(
-            [str(BIN / "agent-pipelines"), "demo-agent", "--port", str(BASE_PORT + i), "--latency-ms", str(latency_ms), "--jitter-ms", "0"],
+            [str(BIN / "agent-pipelines"), "demo-agent", "--port", str(base_port + i), "--latency-ms", str(latency_ms), "--jitter-ms", "0"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for i in range(NODES)
+        for i in range(nodes)
     ]
     try:
-        for i in range(NODES):
-            _wait_for_port(BASE_PORT + i)
-        yield [f"http://127.0.0.1:{BASE_PORT + i}" for i in range(NODES)]
+        for i in range(nodes):
+            _wait_for_port(base_port + i)
+        yield [f"http://127.0.0.1:{base_port + i}" for i in range(nodes)]
     finally:
         for proc in procs:
             proc.terminate()
@@ -107,12 +108,12 @@ def write_catalog(directory: Path, count: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-async def raw_client(urls: list[str], count: int) -> float:
+async def raw_client(urls: list[str], count: int, concurrency: int = CONCURRENCY) -> float:
     """The fastest plain loop: same client (aiohttp), same concurrency, same agents, no Dagster."""
     body = {"model": "demo-model", "messages": [{"role": "user", "content": "Classify subject 0"}]}
     headers = {"Authorization": f"Bearer {TOKEN}"}
     run = uuid.uuid4().hex  # fresh keys: the demo agent answers a repeated key from its cache
-    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) for _ in urls]
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) for _ in urls]
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(count):
         queue.put_nowait(i)
@@ -127,7 +128,7 @@ async def raw_client(urls: list[str], count: int) -> float:
                 await response.read()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker(s, u) for s, u in zip(sessions, urls) for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(worker(s, u) for s, u in zip(sessions, urls) for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     for session in sessions:
         await session.close()
@@ -159,17 +160,19 @@ print(json.dumps({"success": result.success, "total_s": t2 - t0, "run_s": t2 - t
 """
 
 
-def run_backfill(count: int) -> dict:
+def run_backfill(count: int, catalog_writer=None, task: str = "bench_batch", extra_env: dict | None = None) -> dict:
+    """One single-run backfill of every shard of `task`, in a fresh process, timed inside it."""
     with tempfile.TemporaryDirectory(prefix="ap-batch-") as tmp:
         tmp_path = Path(tmp)
-        write_catalog(tmp_path / "catalog", count)
+        (catalog_writer or write_catalog)(tmp_path / "catalog", count)
         home = tmp_path / "home"
         home.mkdir()
         from agent_pipelines.instance import instance_yaml
 
         (home / "dagster.yaml").write_text(instance_yaml(use_postgres=False))
-        env = {**os.environ, "DAGSTER_HOME": str(home), "AGENT_PIPELINES_CATALOG": str(tmp_path / "catalog"), "DEMO_AGENT_TOKEN": TOKEN}
-        out = subprocess.run([sys.executable, "-c", RUN_BACKFILL], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+        env = {**os.environ, "DAGSTER_HOME": str(home), "AGENT_PIPELINES_CATALOG": str(tmp_path / "catalog"), "DEMO_AGENT_TOKEN": TOKEN, **(extra_env or {})}
+        script = RUN_BACKFILL.replace("bench_batch", task)
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-3000:])
         return json.loads(out.stdout.strip().splitlines()[-1])

@@ -55,6 +55,13 @@ RESULT_SCHEMA = pa.schema(
         pa.field("tokens_out", pa.int64()),
         pa.field("attempts", pa.int32(), nullable=False),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # the execution (idempotency key of its due time, event, ...) the row belongs to: a
+        # re-run of that execution keeps the rows that succeeded instead of sending them again
+        pa.field("execution", pa.string()),
+        # the prompt version the item went out with, and its answer's checks (null: not checked)
+        pa.field("prompt_version", pa.string()),
+        pa.field("checks_passed", pa.bool_()),
+        pa.field("check_failures", pa.string()),  # JSON: check -> why, for the checks it failed
     ]
 )
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
@@ -83,11 +90,13 @@ class ShardWriter:
     shard leaves the previous results (if any) untouched and no temporary file behind.
     """
 
-    def __init__(self, path: str | Location, *, flush_rows: int = 1000) -> None:
+    def __init__(self, path: str | Location, *, flush_rows: int = 1000, defaults: Mapping[str, Any] | None = None) -> None:
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be at least 1, got {flush_rows}")
         self.path = location(path)
         self.flush_rows = flush_rows
+        #: columns every row gets unless it sets them itself (the execution it belongs to)
+        self.defaults = dict(defaults or {})
         self.rows = 0
         self.result: ShardFile | None = None  # set by close()
         self._temp = _temp_beside(self.path)
@@ -122,7 +131,7 @@ class ShardWriter:
         """Buffer one result row; `item` may be a dict (JSON-encoded here)."""
         if self._writer is None:
             raise RuntimeError("ShardWriter is not open: use it as a context manager")
-        self._buffer.append(_result_row(row))
+        self._buffer.append(_result_row({**self.defaults, **row} if self.defaults else row))
         self.rows += 1
         if len(self._buffer) >= self.flush_rows:
             self.flush()
@@ -214,9 +223,13 @@ class ShardParquetIOManager(dg.ConfigurableIOManager):
         return directory / f"{_file_stem(partition_key)}.parquet"
 
     def open_writer(
-        self, asset_key: dg.AssetKey, partition_key: str | None, flush_rows: int = 1000
+        self,
+        asset_key: dg.AssetKey,
+        partition_key: str | None,
+        flush_rows: int = 1000,
+        defaults: Mapping[str, Any] | None = None,
     ) -> ShardWriter:
-        return ShardWriter(self.path_for(asset_key, partition_key), flush_rows=flush_rows)
+        return ShardWriter(self.path_for(asset_key, partition_key), flush_rows=flush_rows, defaults=defaults)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
@@ -330,6 +343,17 @@ def iter_result_batches(
             yield from parquet.iter_batches(batch_size=batch_rows)
 
 
+def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch in today's `RESULT_SCHEMA`: files written before a column existed get nulls."""
+    if batch.schema.equals(RESULT_SCHEMA):
+        return batch
+    columns = [
+        batch.column(name).cast(field.type) if name in batch.schema.names else pa.nulls(batch.num_rows, field.type)
+        for name, field in zip(RESULT_SCHEMA.names, RESULT_SCHEMA, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=RESULT_SCHEMA)
+
+
 def write_combined(paths: Iterable[str | Location], target: str | Location, *, batch_rows: int = 10_000) -> int:
     """Stream all `paths` into one Parquet file at `target` (atomically); returns its rows."""
     target = location(target)
@@ -340,8 +364,8 @@ def write_combined(paths: Iterable[str | Location], target: str | Location, *, b
     try:
         for batch in iter_result_batches(paths, batch_rows):
             if writer is None:
-                writer = pq.ParquetWriter(temp, batch.schema)
-            writer.write_batch(batch)
+                writer = pq.ParquetWriter(temp, RESULT_SCHEMA)
+            writer.write_batch(conform(batch))
             rows += batch.num_rows
         if writer is None:
             writer = pq.ParquetWriter(temp, RESULT_SCHEMA)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.registry import PromptRegistry
-from agent_pipelines.prompts.tuning import TUNING_JOB, pass_rate
+from agent_pipelines.prompts.tuning import TUNING_JOB, evaluated, latest, pass_rate
 from agent_pipelines.store import schema
 from resources.store import StoreResource
 
@@ -22,22 +22,23 @@ SENSOR_NAME = "prompt_quality_sensor"
 def tuning_requests(catalog: Catalog, registry: PromptRegistry) -> list[dg.RunRequest]:
     requests = []
     table = schema.evaluations
-    tuned = [name for name, task in catalog.regular_tasks.items() if task.tuning is not None]
+    tuned = [name for name, task in catalog.tasks.items() if task.tuning is not None]
     chooser = PromptChooser(catalog, registry, tuned)
-    for name, task in catalog.regular_tasks.items():
+    for name, task in catalog.tasks.items():
         tuning = task.tuning
         if tuning is None:
             continue
+        history = schema.batch_evaluations if task.is_batch else table
         with registry.engine.connect() as conn:
-            newest = conn.execute(sa.select(sa.func.max(table.c.id)).where(table.c.task == name)).scalar()
+            newest = conn.execute(sa.select(sa.func.max(history.c.id)).where(history.c.task == name)).scalar()
         if newest is None:
             continue
         stats = registry.executions_by_version(name, limit=max(tuning.window, tuning.min_runs) * 10)
         candidate = registry.candidate(name)
-        active_runs = stats.get(chooser.version_of(name), [])[: tuning.window]
+        active_runs = latest(stats.get(chooser.version_of(name), []), tuning.window)
         rate = pass_rate(active_runs)
-        needs = (candidate is not None and len(stats.get(candidate.version, [])) >= tuning.min_runs) or (
-            candidate is None and rate is not None and len(active_runs) >= min(tuning.min_runs, tuning.window) and rate < tuning.min_pass_rate
+        needs = (candidate is not None and evaluated(stats.get(candidate.version, [])) >= tuning.min_runs) or (
+            candidate is None and rate is not None and evaluated(active_runs) >= min(tuning.min_runs, tuning.window) and rate < tuning.min_pass_rate
         )
         if needs:
             requests.append(
@@ -51,7 +52,7 @@ def tuning_requests(catalog: Catalog, registry: PromptRegistry) -> list[dg.RunRe
 
 
 def build_prompt_quality_sensor(catalog: Catalog) -> dg.SensorDefinition | None:
-    if not any(t.tuning is not None for t in catalog.regular_tasks.values()):
+    if not any(t.tuning is not None for t in catalog.tasks.values()):
         return None
 
     @dg.sensor(

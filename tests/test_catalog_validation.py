@@ -125,6 +125,106 @@ def test_upstream_only_with_depends_on(tmp_path: Path) -> None:
     assert any(p.name == "t" and "only available to tasks with `depends_on`" in p.message for p in problems)
 
 
+_ITEMS_CATALOG = """\
+agents: [{name: a, kind: openai_chat, model: m, base_url: "http://127.0.0.1:9"}]
+tasks:
+  - {name: regular, owner: x, agent: a, prompt: p}
+  - {name: broken_regular, owner: x, agent: nope, prompt: p}
+  - {name: batch_ok, owner: x, agent: a, shards: 2, prompt: p, items: {glob: "data/*.csv"}}
+  - name: two_sources
+    owner: x
+    agent: a
+    shards: 2
+    prompt: p
+    items: {glob: "*.csv", sql: "SELECT 1", url_env: DB}
+  - name: no_url_env
+    owner: x
+    agent: a
+    shards: 2
+    prompt: p
+    items: {sql: "SELECT 1"}
+  - name: bad_paging
+    owner: x
+    agent: a
+    shards: 2
+    prompt: p
+    items:
+      http:
+        url: https://api.example/tickets
+        pagination: {cursor: {}, page: {}}
+  - name: secret_url
+    owner: x
+    agent: a
+    shards: 2
+    prompt: p
+    items:
+      http: {url: "https://me:pw@api.example/tickets"}
+  - name: unknown_output
+    owner: x
+    agent: a
+    shards: 2
+    prompt: p
+    items: {from_output: regulr}
+  - name: output_of_batch
+    owner: x
+    agent: a
+    shards: 2
+    prompt: p
+    items: {from_output: batch_ok}
+  - name: output_of_broken
+    owner: x
+    agent: a
+    shards: 2
+    prompt: p
+    items: {from_output: broken_regular}
+  - name: sharded_sql
+    owner: x
+    agent: a
+    shard_by: region
+    prompt: p
+    items: {sql: "SELECT 1", url_env: DB}
+  - name: typo_items
+    owner: x
+    agent: a
+    shards: 2
+    prompt: p
+    items: {sq1: "SELECT 1"}
+  - {name: reads_output, owner: x, agent: a, shards: 2, prompt: p, items: {from_output: regular, id_column: id}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "line_of", "message"),
+    [
+        ("two_sources", "items", 'items: {glob: "*.csv"', "set exactly one items source: one of `path`, `glob`, `sql`, `http`, `from_task`, `from_output` (got `glob`, `sql`)"),
+        ("no_url_env", "items", "items: {sql", "`sql` needs `url_env`"),
+        ("bad_paging", "items.http.pagination", "pagination:", "set exactly one of `cursor: {param, field}`"),
+        ("secret_url", "items.http.url", "http: {url", "the URL holds a password: send credentials with `headers_env`"),
+        ("unknown_output", "items.from_output", "from_output: regulr", "unknown task 'regulr' (did you mean 'regular'?)"),
+        ("output_of_batch", "items.from_output", "from_output: batch_ok", "task 'batch_ok' is a batch task: read its results with `items.from_task`"),
+        ("output_of_broken", "items.from_output", "from_output: broken_regular", "depends on task 'broken_regular', which is invalid"),
+        ("sharded_sql", "shard_by", "shard_by: region", "items from `sql` need `shards: N`"),
+        ("typo_items", "items.sq1", "items: {sq1", "unknown field 'sq1'"),
+    ],
+)
+def test_items_sources_problems_name_file_line_task_and_field(tmp_path: Path, name, field, line_of, message) -> None:
+    (tmp_path / "c.yaml").write_text(_ITEMS_CATALOG)
+    catalog = load_catalog(tmp_path)
+    line = next(number for number, text in enumerate(_ITEMS_CATALOG.splitlines(), start=1) if line_of in text)
+    rendered = [str(p) for p in _find(catalog.problems, name, field)]
+    assert any(f"c.yaml:{line}: task {name!r}, field {field!r}: " in r and message in r for r in rendered), rendered
+    assert name not in catalog.tasks
+
+
+def test_items_sources_that_are_valid_load(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(_ITEMS_CATALOG)
+    catalog = load_catalog(tmp_path)
+    assert {"regular", "batch_ok", "reads_output"} <= set(catalog.tasks)
+    assert list(catalog.tasks).index("regular") < list(catalog.tasks).index("reads_output"), "upstream first"
+    batch_ok = catalog.tasks["batch_ok"].items
+    assert batch_ok is not None and batch_ok.glob == str(tmp_path.resolve() / "data" / "*.csv")
+
+
 @pytest.mark.parametrize(
     ("raw", "seconds"), [("90s", 90), ("2m", 120), ("1h30m", 5400), ("500ms", 0.5), (15, 15), ("2.5", 2.5)]
 )

@@ -1,5 +1,6 @@
 """A due time planned by the real `dagster-daemon` (task_scheduler_sensor) produces a successful
-run that called the agent at that time."""
+run that called the agent at that time; a scheduled batch task gets one run over all its shards
+from batch_trigger_sensor."""
 
 from __future__ import annotations
 
@@ -24,12 +25,22 @@ tasks:
     schedule: "* * * * *"
     session: task
     prompt: "Status at {{ due_time.isoformat() }}"
+  - name: audit
+    owner: ops
+    agent: demo
+    items: {path: hosts.jsonl, id_column: host}
+    shards: 2
+    schedule: "* * * * *"
+    prompt: "Audit {{ item.host }} as of {{ due_time.isoformat() }}"
 """
+HOSTS = 20
 
 
 @pytest.mark.daemon
 @pytest.mark.parametrize("storage", ["sqlite"], indirect=True)
 def test_daemon_schedule_tick_runs_the_task(tmp_path: Path, demo_agent, dagster_home: Path) -> None:
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "hosts.jsonl").write_text("".join(f'{{"host": "h{i:02d}"}}\n' for i in range(HOSTS)))
     catalog = write_catalog(tmp_path / "catalog", demo_agent.url, EVERY_MINUTE)
     env = dict(os.environ, DAGSTER_HOME=str(dagster_home), AGENT_PIPELINES_CATALOG=str(catalog))
     log = (tmp_path / "daemon.log").open("w")
@@ -43,6 +54,7 @@ def test_daemon_schedule_tick_runs_the_task(tmp_path: Path, demo_agent, dagster_
     )
     try:
         run = _wait_for_run_that_fired(dagster_home, timeout_s=180)
+        batch_run = _wait_for_run_that_fired(dagster_home, timeout_s=120, asset="audit")
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         try:
@@ -73,14 +85,27 @@ def test_daemon_schedule_tick_runs_the_task(tmp_path: Path, demo_agent, dagster_
         assert event.asset_materialization.metadata["trigger"].value == "schedule"
         assert "lateness_ms" in event.asset_materialization.metadata
 
+    # The batch task: one run over both shards, started by its sensor for one due time.
+    assert batch_run is not None, "no scheduled batch run finished in time:\n" + (tmp_path / "daemon.log").read_text()[-5000:]
+    assert batch_run.status == dg.DagsterRunStatus.SUCCESS
+    assert batch_run.tags["dagster/sensor_name"] == "batch_trigger_sensor"
+    batch_due = batch_run.tags["agent_pipelines/due_time"]
+    assert batch_run.tags["dagster/run_key"] == f"agent-pipelines:audit:schedule:{batch_due}"
+    assert (batch_run.tags["dagster/asset_partition_range_start"], batch_run.tags["dagster/asset_partition_range_end"]) == ("shard-00", "shard-01")
+    audited = [r for r in demo_agent.requests() if r.path == "/v1/chat/completions" and ":audit:item:" in r.headers["idempotency-key"]]
+    assert sorted({r.headers["idempotency-key"] for r in audited}) == sorted(
+        f"agent-pipelines:audit:item:h{i:02d}:schedule:{batch_due}" for i in range(HOSTS)
+    )
+    assert all(r.received_at >= parse_due(batch_due).timestamp() for r in audited), "never early"
 
-def _wait_for_run_that_fired(home: Path, timeout_s: float) -> dg.DagsterRun | None:
-    """The first finished run that materialized `tick` (results appear as they are recorded,
+
+def _wait_for_run_that_fired(home: Path, timeout_s: float, asset: str = "tick") -> dg.DagsterRun | None:
+    """The first finished run that materialized `asset` (results appear as they are recorded,
     while the window run goes on to the end of its minute)."""
     deadline = time.time() + timeout_s
     with dg.DagsterInstance.from_config(str(home)) as instance:
         while time.time() < deadline:
-            for record in instance.fetch_materializations(dg.AssetKey("tick"), limit=20).records:
+            for record in instance.fetch_materializations(dg.AssetKey(asset), limit=20).records:
                 run = instance.get_run_by_id(record.run_id)
                 if run is not None and run.is_finished:
                     return run

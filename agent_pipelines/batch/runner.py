@@ -15,8 +15,8 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import statistics
 import tempfile
+import time
 import zoneinfo
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +27,17 @@ from urllib.parse import urlparse
 import aiohttp
 
 from agent_pipelines.batch.items import Item, partition_key_for, read_item_batches, shard_of
+from agent_pipelines.batch.evaluation import SAMPLES, ItemEvaluation, PromptChoice, VersionTally, result_columns
+from agent_pipelines.batch.latency import Latencies
 from agent_pipelines.batch.limits import RateLimiter
+from agent_pipelines.batch.progress import ProgressBoard, count_lines
+from agent_pipelines.batch.summary import BUCKET_S
+from agent_pipelines.batch.resume import ShardResume
 from agent_pipelines.catalog.model import AgentSpecBase, TaskSpec
 from agent_pipelines.catalog.templates import TemplateProblem, render
 from agent_pipelines.agents.pool import AgentConnection, AgentPool
 from agent_pipelines.scheduling.retries import retry_delay
+from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
 
 UTC = dt.timezone.utc
@@ -74,28 +80,73 @@ class ShardSummary:
     retried: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: Latencies = field(default_factory=Latencies)
     failure_samples: list[dict[str, str]] = field(default_factory=list)
     moves: list[str] = field(default_factory=list)  # "node0 -> node1: connection refused"
     error: str | None = None  # the shard could not run at all
+    resumed: int = 0  # items an earlier run of the same execution did: kept, not sent again
+    total: int | None = None  # items of the shard in this run, once counted (for progress)
+    started: float | None = None  # time.monotonic() when its items began to go out
+    evaluated: int = 0  # answered items whose output was checked
+    check_failed: int = 0  # of those, items that failed at least one check (still ok: see batch_checks)
+    check_failures: dict[str, int] = field(default_factory=dict)  # check -> items that failed it
+    check_samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # check -> a few failing items
+    versions: dict[str, VersionTally] = field(default_factory=dict)  # prompt version -> its items' checks
+    timeline: dict[int, Bucket] = field(default_factory=dict)  # time slot (epoch s // BUCKET_S) -> what finished
+
+    def count_checks(self, row: Mapping[str, Any], failures: Mapping[str, str], *, key: str, canary: bool) -> None:
+        """One checked answer, counted per check and per prompt version."""
+        self.evaluated += 1
+        version = row.get("prompt_version") or ""
+        tally = self.versions.get(version)
+        if tally is None:
+            tally = self.versions[version] = VersionTally(version, canary)
+        tally.add(key, row["item_id"], failures, row.get("output"))
+        if not failures:
+            return
+        self.check_failed += 1
+        for name, why in failures.items():
+            self.check_failures[name] = self.check_failures.get(name, 0) + 1
+            samples = self.check_samples.setdefault(name, [])
+            if len(samples) < SAMPLES:
+                samples.append({"item_id": row["item_id"], "prompt_version": version, "reason": why[:300], "output": (row.get("output") or "")[:300]})
 
     @property
     def failure_ratio(self) -> float:
         return self.failed / self.items if self.items else 0.0
 
     def percentile(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        if len(self.latencies) == 1:
-            return self.latencies[0]
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
+        return self.latencies.percentile(q)
+
+
+@dataclass
+class Bucket:
+    """What finished in one time slot of a shard (the run's time series)."""
+
+    done: int = 0
+    failed: int = 0
+    check_failed: int = 0
+    latencies: Latencies = field(default_factory=Latencies)
 
 
 ItemSource = Callable[[], Iterator[list[Item]]]
+
+
+def item_idempotency_key(task: str, item_id: str, trigger: Trigger) -> str:
+    """One item of one execution: a re-run of the same due time (or event) re-uses it, so an
+    agent that honours idempotency keys never acts twice on an item."""
+    return f"agent-pipelines:{task}:item:{item_id}:{trigger.kind}:{trigger.ref}"
+
 WriterFactory = Callable[[str], contextlib.AbstractContextManager]
 
 
 class BatchRunner:
+    #: Set by the asset after construction. Per item: its prompt version and the checks of its
+    #: answer (None: the task's own prompt, no checks).
+    evaluation: ItemEvaluation | None = None
+    #: Where shards show up as they start, for a progress reporter on another thread.
+    progress: ProgressBoard | None = None
+
     def __init__(
         self,
         *,
@@ -104,19 +155,26 @@ class BatchRunner:
         shard_keys: Sequence[str],
         source: ItemSource,
         open_writer: WriterFactory,
-        trigger_ref: str,
+        trigger: Trigger,
         variables: dict[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
         log: logging.Logger | Any = None,
         pool_factory: Callable[[Mapping[str, AgentSpecBase]], AgentPool] = AgentPool,
+        resume: ShardResume | None = None,
     ) -> None:
         self.task = task
+        #: a re-run of the same execution keeps the items that already succeeded
+        self.resume = resume
+        self._succeeded: dict[str, set[str]] = {}
         self.pool_factory = pool_factory
         self.nodes = list(nodes)
         self.all_shard_keys = list(shard_keys)
         self.source = source
         self.open_writer = open_writer
-        self.trigger_ref = trigger_ref
+        self.trigger = trigger
         self.variables = {**task.variables, **(variables or {})}
+        #: template variables of the trigger (`event`, `upstream`), beside the item's own
+        self.context = dict(context or {})
         self.log = log or logging.getLogger(__name__)
         self.zone = zoneinfo.ZoneInfo(task.timezone)
         self._by_name = {node.name: node for node in self.nodes}
@@ -150,6 +208,9 @@ class BatchRunner:
     async def run(self, shard_keys: Sequence[str]) -> list[ShardSummary]:
         async with self._connections():
             await self._check_health()
+            if self.resume is not None:
+                for key in shard_keys:
+                    self._succeeded[key] = await asyncio.to_thread(self.resume.succeeded_ids, key)
             with tempfile.TemporaryDirectory(prefix="agent-pipelines-shards-") as spool:
                 files = await asyncio.to_thread(self._split, list(shard_keys), Path(spool))
                 homes = [self.home_node(key).name for key in shard_keys]
@@ -165,10 +226,14 @@ class BatchRunner:
         files = {key: directory / f"{index}.jsonl" for index, key in enumerate(keys)}
         handles = {key: path.open("w", encoding="utf-8") for key, path in files.items()}
         try:
+            done: set[str] = set()
             for batch in self.source():
                 for item in batch:
-                    handle = handles.get(self.shard_for(item))
-                    if handle is not None:  # items of shards outside this run are left alone
+                    shard = self.shard_for(item)
+                    handle = handles.get(shard)
+                    # items of shards outside this run are left alone; items this execution
+                    # already did are copied from the previous results instead of sent again
+                    if handle is not None and item.id not in self._succeeded.get(shard, done):
                         handle.write(json.dumps([item.id, item.fields], default=str) + "\n")
         finally:
             for handle in handles.values():
@@ -206,6 +271,8 @@ class BatchRunner:
             self._move(summary, node, replacement, node.down_reason or "down")
         try:
             with self.open_writer(key) as writer:
+                if self._succeeded.get(key):
+                    await asyncio.to_thread(self._carry_over, key, summary, writer)
                 await self._stream(key, summary, writer, spooled)
                 summary.path = str(getattr(writer, "path", "")) or None
             final = getattr(writer, "result", None)
@@ -215,6 +282,15 @@ class BatchRunner:
             summary.error = f"{type(exc).__name__}: {exc}"
             self.log.error(f"shard {key} failed: {summary.error}")
         return summary
+
+    def _carry_over(self, key: str, summary: ShardSummary, writer: Any) -> None:
+        assert self.resume is not None
+        for rows in self.resume.succeeded_rows(key):
+            writer.write_rows(rows)
+            summary.items += len(rows)
+            summary.ok += len(rows)
+            summary.resumed += len(rows)
+        self.log.info(f"shard {key}: {summary.resumed} item(s) already succeeded in this execution; not sent again")
 
     async def _stream(self, key: str, summary: ShardSummary, writer: Any, spooled: Path) -> None:
         """A fixed pool of workers (the node's `max_concurrency`) pulls the shard's items from a
@@ -227,6 +303,11 @@ class BatchRunner:
         queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=workers * 4)
         results: list[dict[str, Any]] = []
         write_lock = asyncio.Lock()
+        if self.progress is not None:
+            # items carried over from an earlier run of the execution are counted already
+            summary.total = summary.items + await asyncio.to_thread(count_lines, spooled)
+            self.progress.add(summary)
+        summary.started = time.monotonic()
 
         async def flush(minimum: int) -> None:
             if len(results) < minimum:
@@ -251,8 +332,9 @@ class BatchRunner:
                 results.append(await self._run_item(item, key, summary))
                 await flush(WRITE_BATCH_ROWS)
 
-        await asyncio.gather(produce(), *(work() for _ in range(workers)))
-        await flush(1)
+        async with self.evaluation.in_use() if self.evaluation is not None else contextlib.nullcontext():
+            await asyncio.gather(produce(), *(work() for _ in range(workers)))
+            await flush(1)
 
     def _current(self, summary: ShardSummary) -> Node:
         return self._by_name[summary.node]
@@ -265,6 +347,7 @@ class BatchRunner:
     # -- one item -------------------------------------------------------------------------------
 
     async def _run_item(self, item: Item, key: str, summary: ShardSummary) -> dict[str, Any]:
+        choice = self.prompt_for(item)
         row: dict[str, Any] = {
             "item_id": item.id,
             "item": item.fields,
@@ -277,6 +360,7 @@ class BatchRunner:
             "tokens_in": None,
             "tokens_out": None,
             "attempts": 0,
+            "prompt_version": choice.version,
         }
         try:
             request = self._request(item, key)
@@ -322,18 +406,32 @@ class BatchRunner:
                 tokens_in=response.tokens_in,
                 tokens_out=response.tokens_out,
             )
+            evaluation = self.evaluation
+            if evaluation is not None and evaluation.checks is not None:
+                tokens = (response.tokens_in or 0) + (response.tokens_out or 0)
+                failures = await evaluation.failures(request.idempotency_key, request.prompt, response.output, response.latency_ms, tokens)
+                row.update(result_columns(failures))
+                summary.count_checks(row, failures, key=request.idempotency_key, canary=choice.canary)
             return self._finish(row, summary)
+
+    def prompt_for(self, item: Item) -> PromptChoice:
+        """The prompt version an item goes out with: chosen from its idempotency key, so the
+        canary's share is a share of items and a re-run sends an item the same prompt."""
+        if self.evaluation is None:
+            return PromptChoice(self.task, None)
+        return self.evaluation.choose(item_idempotency_key(self.task.name, item.id, self.trigger))
 
     def _request(self, item: Item, key: str) -> AgentRequest:
         now = dt.datetime.now(self.zone)
+        due = self.trigger.due_time.astimezone(self.zone) if self.trigger.due_time else now
         prompt = render(
-            self.task.prompt,
-            {**self.variables, "item": item.fields, "shard": key, "task": self.task.name, "due_time": now, "now": now, "trigger": "manual"},
+            self.prompt_for(item).task.prompt,
+            {**self.variables, **self.context, "item": item.fields, "shard": key, "task": self.task.name, "due_time": due, "now": now, "trigger": self.trigger.kind},
         )
-        idempotency_key = f"agent-pipelines:{self.task.name}:item:{item.id}:{self.trigger_ref}"
+        idempotency_key = item_idempotency_key(self.task.name, item.id, self.trigger)
         return AgentRequest(
             prompt=prompt,
-            system=render(self.task.system, {"item": item.fields, "shard": key, **self.variables}) if self.task.system else None,
+            system=render(chosen.system, {"item": item.fields, "shard": key, **self.variables}) if (chosen := self.prompt_for(item).task).system else None,
             idempotency_key=idempotency_key,
             session=SessionState(mode="isolated", key=idempotency_key),
             timeout_s=self.task.timeout or self.nodes[0].spec.timeout,
@@ -345,17 +443,26 @@ class BatchRunner:
         return retry_delay(self.task.retries, retry)
 
     def _finish(self, row: dict[str, Any], summary: ShardSummary, error: str | None = None) -> dict[str, Any]:
-        row["finished_at"] = dt.datetime.now(UTC)
+        finished = row["finished_at"] = dt.datetime.now(UTC)
+        slot = int(finished.timestamp()) // BUCKET_S
+        bucket = summary.timeline.get(slot)
+        if bucket is None:
+            bucket = summary.timeline[slot] = Bucket()
+        bucket.done += 1
         if row["attempts"] > 1:
             summary.retried += 1
         if error is None:
             summary.ok += 1
-            summary.latencies.append(float(row["latency_ms"]))
+            latency = float(row["latency_ms"])
+            summary.latencies.add(latency)
+            bucket.latencies.add(latency)
+            bucket.check_failed += row.get("checks_passed") is False
             summary.tokens_in += row["tokens_in"] or 0
             summary.tokens_out += row["tokens_out"] or 0
         else:
             row["error"] = error
             summary.failed += 1
+            bucket.failed += 1
             if len(summary.failure_samples) < SAMPLE_FAILURES:
                 summary.failure_samples.append({"item_id": row["item_id"], "error": error[:300]})
         return row

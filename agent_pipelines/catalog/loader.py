@@ -465,6 +465,9 @@ def _validate_tasks(
             elif not (isinstance(upstream.raw, dict) and upstream.raw.get("items")):
                 problems.add(item, f"task {spec.items.from_task!r} is not a batch task (it has no `items`)", ("items", "from_task"))
                 ok = False
+        if spec.items is not None:
+            spec, items_ok = _check_item_source(item, spec, items, declared, problems)
+            ok = ok and items_ok
         for index, dep in enumerate(spec.depends_on):
             upstream = next((i for i in items if i.name == dep), None)
             if upstream is not None and isinstance(upstream.raw, dict) and upstream.raw.get("items"):
@@ -491,6 +494,38 @@ def _validate_tasks(
         if ok:
             valid[item.name] = item
     return valid
+
+
+def _check_item_source(
+    item: _Item, spec: TaskSpec, items: list[_Item], declared: set[str | None], problems: _Problems
+) -> tuple[TaskSpec, bool]:
+    """`glob` resolved against the YAML file's directory; `from_output` names a regular task;
+    `shard_by` shards come from a file's column values, so it needs `path`."""
+    assert spec.items is not None
+    ok = True
+    if spec.items.glob is not None:
+        pattern = os.path.normpath(Path(item.file).parent.resolve() / spec.items.glob)
+        spec = spec.model_copy(update={"items": spec.items.model_copy(update={"glob": pattern})})
+    if spec.items.from_output is not None:
+        name = spec.items.from_output
+        upstream = next((i for i in items if i.name == name), None)
+        if upstream is None:
+            problems.add(item, f"unknown task {name!r}{_suggest(name, declared)}", ("items", "from_output"))
+            ok = False
+        elif isinstance(upstream.raw, dict) and upstream.raw.get("items"):
+            problems.add(
+                item, f"task {name!r} is a batch task: read its results with `items.from_task`", ("items", "from_output")
+            )
+            ok = False
+    if spec.shard_by is not None and spec.items.kind not in ("path", "from_task"):
+        problems.add(
+            item,
+            f"`shard_by` makes one shard per value of a column of an items file; items from "
+            f"`{spec.items.kind}` need `shards: N` (or a fleet)",
+            ("shard_by",),
+        )
+        ok = False
+    return spec, ok
 
 
 def _check_template(item: _Item, spec: TaskSpec, problems: _Problems) -> bool:
@@ -593,13 +628,14 @@ def _drop_cycles_and_dependents(tasks: dict[str, _Item], problems: _Problems) ->
 
 
 def _deps(spec: TaskSpec) -> list[str]:
-    """Tasks this one needs: `depends_on`, and the batch task its items come from."""
-    from_task = spec.items.from_task if spec.items is not None else None
-    return [*spec.depends_on, *([from_task] if from_task else [])]
+    """Tasks this one needs: `depends_on`, and the task its items come from."""
+    source = (spec.items.from_task or spec.items.from_output) if spec.items is not None else None
+    return [*spec.depends_on, *([source] if source else [])]
 
 
 def _report_dropped_dependency(item: _Item, dep: str, problems: _Problems) -> None:
-    where = ("depends_on", item.spec.depends_on.index(dep)) if dep in item.spec.depends_on else ("items", "from_task")
+    items_field = "from_output" if item.spec.items is not None and item.spec.items.from_output else "from_task"
+    where = ("depends_on", item.spec.depends_on.index(dep)) if dep in item.spec.depends_on else ("items", items_field)
     problems.add(item, f"depends on task {dep!r}, which is invalid; dropped with it", where)
 
 

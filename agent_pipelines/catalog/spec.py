@@ -7,6 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 ENV_VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: Names of agents, tasks, fleets, ...: lower_snake_case, used as Dagster names.
+NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
 
 
 class Spec(BaseModel):

@@ -250,8 +250,8 @@ class PromptRegistry:
         Returns the tasks whose active version changed.
         """
         changed = []
-        active = self.with_status("active", catalog.regular_tasks)
-        for name, task in catalog.regular_tasks.items():
+        active = self.with_status("active", catalog.tasks)
+        for name, task in catalog.tasks.items():
             version = catalog.base_versions[name]
             current = active.get(name)
             if current is not None and current.base_version == version:
@@ -283,9 +283,31 @@ class PromptRegistry:
         with self.engine.begin() as conn:
             conn.execute(schema.evaluations.insert(), [{"created_at": now, **row} for row in rows])
 
+    def record_batch_evaluations(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Per batch run and prompt version: items checked, items that passed every check,
+        failures per check and a few failing samples (see `batch.evaluation.history_rows`)."""
+        if not rows:
+            return
+        now = utcnow()
+        values = [
+            {
+                **row,
+                "failed_checks": json.dumps(dict(row["failed_checks"]), default=str),
+                "samples": json.dumps(list(row["samples"]), default=str),
+                "created_at": now,
+            }
+            for row in rows
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(schema.batch_evaluations.insert(), values)
+
     def executions_by_version(self, task: str, limit: int) -> dict[str, list[dict[str, Any]]]:
-        """The latest `limit` evaluated executions of a task, per prompt version: for each, whether
-        every check passed, which failed, and whether it was a canary."""
+        """The latest `limit` evaluated executions of a task, per prompt version and newest
+        first: for each, whether every check passed, which failed, and whether it was a canary.
+
+        A batch run's items come as one entry per run and version that stands for `items`
+        executions, `passed_items` of which passed (and `failed` counts items per check, with
+        `samples` of failing items): weigh entries with `prompts.tuning.pass_rate`."""
         table = schema.evaluations
         with self.engine.connect() as conn:
             keys = conn.execute(
@@ -295,10 +317,16 @@ class PromptRegistry:
                 .order_by(sa.desc("last"))
                 .limit(limit)
             ).all()
-            if not keys:
-                return {}
-            rows = conn.execute(
-                sa.select(table).where(table.c.task == task, table.c.idempotency_key.in_([k[0] for k in keys])).order_by(table.c.id)
+            rows = (
+                conn.execute(
+                    sa.select(table).where(table.c.task == task, table.c.idempotency_key.in_([k[0] for k in keys])).order_by(table.c.id)
+                ).mappings().all()
+                if keys
+                else []
+            )
+            batch = schema.batch_evaluations
+            aggregates = conn.execute(
+                sa.select(batch).where(batch.c.task == task).order_by(sa.desc(batch.c.id)).limit(limit)
             ).mappings().all()
         grouped: dict[tuple[str, str], dict[str, Any]] = {}
         for row in rows:
@@ -310,8 +338,21 @@ class PromptRegistry:
                 entry["passed"] = False
                 entry["failed"][row["check_name"]] = row["details"]
         result: dict[str, list[dict[str, Any]]] = {}
-        for (version, _key), entry in grouped.items():
+        for (version, _key), entry in reversed(grouped.items()):
             result.setdefault(version, []).append(entry)
+        for row in aggregates:
+            result.setdefault(row["version"], []).append(
+                {
+                    "key": f"batch:{row['run_id']}:{row['version']}",
+                    "run_id": row["run_id"],
+                    "canary": row["canary"],
+                    "failed": {check: count for check, count in json.loads(row["failed_checks"]).items() if count},
+                    "passed": row["passed"] == row["checked"],
+                    "items": row["checked"],
+                    "passed_items": row["passed"],
+                    "samples": json.loads(row["samples"]),
+                }
+            )
         return result
 
 

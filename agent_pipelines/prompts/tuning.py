@@ -10,6 +10,9 @@ For each task with `tuning`:
    results and the best past versions, and register its answer as a candidate, with the
    executions that motivated it. Parameters (timeout, retries) are proposed from history.
 At most `max_proposals_per_day` proposals per task: the loop can never run away.
+
+A batch task's items are its executions: each run adds one history entry per prompt version that
+weighs as its items (`pass_rate`, `evaluated`, `latest`), so windows and `min_runs` count items.
 """
 
 from __future__ import annotations
@@ -50,8 +53,46 @@ class Decision:
 _REGISTRY_CHANGES = ("proposed", "promoted", "awaiting_approval", "rejected")
 
 
+def evaluated(runs: Sequence[Mapping[str, Any]]) -> int:
+    """Executions the entries stand for: one each, or a batch run's `items`."""
+    return sum(r.get("items", 1) for r in runs)
+
+
 def pass_rate(runs: Sequence[Mapping[str, Any]]) -> float | None:
-    return sum(1 for r in runs if r["passed"]) / len(runs) if runs else None
+    """Share of executions that passed every check; a batch entry weighs as its items."""
+    total = evaluated(runs)
+    if not total:
+        return None
+    return sum(r.get("passed_items", 1 if r["passed"] else 0) for r in runs) / total
+
+
+def latest(runs: Sequence[Mapping[str, Any]], size: int) -> list[Mapping[str, Any]]:
+    """The newest entries covering `size` executions (a batch run counts whole)."""
+    taken: list[Mapping[str, Any]] = []
+    covered = 0
+    for run in runs:
+        if covered >= size:
+            break
+        taken.append(run)
+        covered += run.get("items", 1)
+    return taken
+
+
+def failing_examples(runs: Sequence[Mapping[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Failed executions to show the tuner: whole executions, or a batch run's failing samples
+    (which carry their output, since batch outputs live in Parquet, not in the store)."""
+    examples: list[dict[str, Any]] = []
+    for run in runs:
+        if run["passed"]:
+            continue
+        samples = run.get("samples")
+        if samples is None:
+            examples.append(dict(run))
+        else:
+            examples += [{"run_id": run["run_id"], **sample} for sample in samples]
+        if len(examples) >= limit:
+            break
+    return examples[:limit]
 
 
 class Tuner:
@@ -77,7 +118,7 @@ class Tuner:
         return {key: result.output for key, result in results.items() if result.output is not None}
 
     def run(self, tasks: Sequence[str] | None = None) -> list[Decision]:
-        names = tasks or [n for n, t in self.catalog.regular_tasks.items() if t.tuning is not None]
+        names = tasks or [n for n, t in self.catalog.tasks.items() if t.tuning is not None]
         decisions = [self.tune(name) for name in names if self.catalog.tasks[name].tuning is not None]
         for decision in decisions:
             if decision.action in _REGISTRY_CHANGES:
@@ -91,7 +132,7 @@ class Tuner:
         task, active_version = PromptChooser(self.catalog, self.registry, [name]).active(self.catalog.tasks[name])
         assert task.tuning is not None
         stats = self.registry.executions_by_version(name, limit=max(task.tuning.window, task.tuning.min_runs) * 10)
-        active_runs = stats.get(active_version, [])[: task.tuning.window]
+        active_runs = latest(stats.get(active_version, []), task.tuning.window)
         candidate = self.registry.candidate(name)
         if candidate is not None and candidate.base_version != self.catalog.base_versions[name]:
             self.registry.reject(name, candidate.version, actor=self.actor, reason="the catalog prompt changed")
@@ -99,8 +140,8 @@ class Tuner:
         if candidate is not None:
             return self._judge_candidate(task, candidate, active_runs, stats.get(candidate.version, []))
         rate = pass_rate(active_runs)
-        if rate is None or len(active_runs) < min(task.tuning.min_runs, task.tuning.window):
-            return Decision(name, "none", active_version, {"reason": "not enough evaluated executions yet", "runs": len(active_runs)})
+        if rate is None or evaluated(active_runs) < min(task.tuning.min_runs, task.tuning.window):
+            return Decision(name, "none", active_version, {"reason": "not enough evaluated executions yet", "runs": evaluated(active_runs)})
         if rate >= task.tuning.min_pass_rate:
             return Decision(name, "none", active_version, {"pass_rate": rate})
         return self._propose(task, active_version, active_runs, stats)
@@ -113,11 +154,11 @@ class Tuner:
         name = task.name
         must_pass = set(task.checks.must_pass)
         broke = [r for r in candidate_runs if must_pass & set(r["failed"])]
-        details: dict[str, Any] = {"candidate_runs": len(candidate_runs)}
+        details: dict[str, Any] = {"candidate_runs": evaluated(candidate_runs)}
         if broke:
             self.registry.reject(name, candidate.version, actor=self.actor, reason="failed a must-pass check", executions=[r["key"] for r in broke])
             return Decision(name, "rejected", candidate.version, {**details, "reason": f"failed must-pass checks {sorted(must_pass & set(broke[0]['failed']))}"})
-        if len(candidate_runs) < tuning.min_runs:
+        if evaluated(candidate_runs) < tuning.min_runs:
             return Decision(name, "none", candidate.version, {**details, "reason": f"candidate needs {tuning.min_runs} evaluated executions"})
         candidate_rate = pass_rate(candidate_runs) or 0.0
         active_rate = pass_rate(active_runs)
@@ -130,7 +171,7 @@ class Tuner:
                 return Decision(name, "awaiting_approval", candidate.version, details)
             self.registry.promote(name, candidate.version, actor=self.actor, **details)
             return Decision(name, "promoted", candidate.version, details)
-        if candidate_rate < baseline or len(candidate_runs) >= 3 * tuning.min_runs:
+        if candidate_rate < baseline or evaluated(candidate_runs) >= 3 * tuning.min_runs:
             self.registry.reject(name, candidate.version, actor=self.actor, reason="no gain over the active version", **details)
             return Decision(name, "rejected", candidate.version, details)
         return Decision(name, "none", candidate.version, {**details, "reason": "gain not yet shown"})
@@ -144,8 +185,8 @@ class Tuner:
         since = self.now() - dt.timedelta(days=1)
         if self.registry.proposals_since(name, since) >= tuning.max_proposals_per_day:
             return Decision(name, "skipped", active_version, {"reason": f"{tuning.max_proposals_per_day} proposals in the last 24 h already"})
-        failing = [r for r in active_runs if not r["passed"]][:FAILING_SAMPLES]
-        outputs = self.outputs_for([r["key"] for r in failing])
+        failing = failing_examples(active_runs, FAILING_SAMPLES)
+        outputs = {**self.outputs_for([r["key"] for r in failing]), **{r["key"]: r["output"] for r in failing if r.get("output")}}
         best = sorted(
             ((v, pass_rate(runs) or 0.0) for v, runs in stats.items() if v != active_version and runs),
             key=lambda item: -item[1],
@@ -161,7 +202,7 @@ class Tuner:
         parameters = self._parameters(task) if tuning.tune_parameters else catalog_parameters(task)
         proposed = task.model_copy(update={"prompt": prompt})
         proposed = with_version(proposed, _as_version(proposed, parameters))
-        version = registry_version(proposed, self.catalog.agents[task.agent], self.catalog.tasks[name])
+        version = registry_version(proposed, self.catalog.agent_of(task), self.catalog.tasks[name])
         if self.registry.get(name, version) is not None:
             return Decision(name, "skipped", version, {"reason": "the tuner proposed a version that exists already"})
         candidate = self.registry.register(
@@ -239,16 +280,18 @@ class Tuner:
             names = analyze(prompt)
         except TemplateProblem as problem:
             return problem.message
-        allowed = set(task.variables) | (BUILTIN_VARIABLES - {"item", "shard"})
+        allowed = set(task.variables) | (BUILTIN_VARIABLES if task.is_batch else BUILTIN_VARIABLES - {"item", "shard"})
         unknown = sorted(names.variables - allowed)
         return f"undefined variables {unknown}" if unknown else None
 
     def _parameters(self, task: TaskSpec) -> dict[str, Any]:
         """Timeout from latency percentiles, retries from the transient failure rate."""
         parameters = catalog_parameters(task)
+        if task.is_batch:
+            return parameters  # its executions are whole runs: their latency says nothing of an item's
         executions = self.registry.store.executions_for_task(task.name, limit=200)
         latencies = sorted(e.latency_ms for e in executions if e.latency_ms)
-        timeout = task.timeout or self.catalog.agents[task.agent].timeout
+        timeout = task.timeout or self.catalog.agent_of(task).timeout
         if len(latencies) >= 5:
             p95 = latencies[min(len(latencies) - 1, math.ceil(0.95 * len(latencies)) - 1)] / 1000.0
             if p95 > 0.8 * timeout:

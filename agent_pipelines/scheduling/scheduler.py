@@ -37,6 +37,7 @@ from agent_pipelines.grouping import op_of
 from agent_pipelines.kubernetes_config import run_tags as kubernetes_run_tags
 from agent_pipelines.kubernetes_config import task_block
 from agent_pipelines.process_identity import is_gone as worker_gone
+from agent_pipelines.scheduling.ended_runs import settle_ended_runs
 from agent_pipelines.scheduling.heartbeat import SILENT_AFTER_S
 from agent_pipelines.scheduling.planning import (
     LEAD,
@@ -399,37 +400,7 @@ class Scheduler:
     # -- 4. runs that ended holding executions ----------------------------------------------------
 
     def _settle_ended_runs(self, instance: dg.DagsterInstance, now: dt.datetime) -> None:
-        held = self.store.held_by_runs()
-        if not held:
-            return
-        records = {r.dagster_run.run_id: r for r in instance.get_run_records(dg.RunsFilter(run_ids=list(held)))}
-        beats = self.store.last_beats(list(held))
-        workers = self.store.beat_workers(list(held))
-        silent_since = now - dt.timedelta(seconds=SILENT_AFTER_S)
-        for run_id in held:
-            record = records.get(run_id)
-            why = None
-            if record is None:
-                why = "its run no longer exists"
-            elif record.dagster_run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
-                why = f"its run ended ({record.dagster_run.status.value.lower()})"
-            elif record.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
-                why = "its run ended before recording it"
-            elif record.dagster_run.status == dg.DagsterRunStatus.STARTED:
-                beat = beats.get(run_id)
-                started = record.start_time
-                if worker_gone(workers.get(run_id)):
-                    why = f"its run's process ({workers[run_id]}) is gone: killed"
-                elif (beat is not None and beat < silent_since) or (beat is None and started is not None and started < silent_since.timestamp()):
-                    why = f"its run fell silent (no heartbeat for {SILENT_AFTER_S:g} s: killed, or its machine lost)"
-                if why is not None:
-                    instance.report_run_failed(record.dagster_run, f"agent_pipelines: {why}")
-            if why is None:
-                continue
-            settled = self.store.release_run(run_id, why)
-            self.store.forget_beats([run_id])
-            if settled:
-                self.report.settled_runs.append((run_id, why, len(settled)))
+        self.report.settled_runs += settle_ended_runs(self.store, instance, now)
 
     # -- 5. catch-ups -----------------------------------------------------------------------------
 

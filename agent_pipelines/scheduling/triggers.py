@@ -36,13 +36,13 @@ class Trigger:
 
     @classmethod
     def for_event(cls, event_id: str) -> Trigger:
-        return cls("event", _shorten(event_id))
+        return cls("event", shortened(event_id))
 
     @classmethod
     def after(cls, upstream_key: str) -> Trigger:
         """Following one upstream execution: one downstream execution per upstream execution."""
         _prefix, task, kind, ref = upstream_key.split(":", 3)
-        return cls("upstream", _shorten(f"{task}:{kind}:{ref}"))
+        return cls("upstream", shortened(f"{task}:{kind}:{ref}"))
 
     @classmethod
     def manual(cls, root_run_id: str) -> Trigger:
@@ -56,7 +56,8 @@ class Trigger:
         return task, cls(kind, ref, due)  # type: ignore[arg-type]
 
 
-def _shorten(ref: str) -> str:
+def shortened(ref: str) -> str:
+    """A ref that fits the key column: long ones keep their start and get a hash."""
     if len(ref) <= MAX_REF_CHARS:
         return ref
     digest = hashlib.sha256(ref.encode()).hexdigest()[:16]

@@ -206,14 +206,15 @@ class ExecutionRecords(StoreBase):
                     won.add(c.idempotency_key)
         return won
 
-    def held_by_runs(self) -> dict[str, int]:
-        """Run id -> how many executions it holds (claimed, sending, retrying)."""
+    def held_by_runs(self, tasks: Sequence[str] | None = None) -> dict[str, int]:
+        """Run id -> how many executions (of `tasks`, when given) it holds (claimed, sending, retrying)."""
         table = schema.executions
+        where = [table.c.status.in_(sorted(status.HELD)), table.c.run_id != ""]
+        if tasks is not None:
+            where.append(table.c.task.in_(list(tasks)))
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(table.c.run_id, sa.func.count())
-                .where(table.c.status.in_(sorted(status.HELD)), table.c.run_id != "")
-                .group_by(table.c.run_id)
+                sa.select(table.c.run_id, sa.func.count()).where(*where).group_by(table.c.run_id)
             ).all()
         return {row[0]: int(row[1]) for row in rows}
 
@@ -258,6 +259,45 @@ class ExecutionRecords(StoreBase):
                 ).all()
                 started.update({row[0]: int(row[1]) for row in rows})
         return started
+
+    def carry_batch(self, key: str, run_id: str, at: dt.datetime) -> Execution | None:
+        """A batch run takes its execution (claimed by `batch_trigger_sensor`, or ended earlier:
+        a re-execution resumes it) and marks it `sending`. None while another run carries it."""
+        table = schema.executions
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                table.update()
+                .where(
+                    table.c.idempotency_key == key,
+                    sa.or_(table.c.status.not_in([status.SENDING, status.RETRYING]), table.c.run_id == run_id),
+                )
+                .values(status=status.SENDING, run_id=run_id, attempts=table.c.attempts + 1, sent_at=at, reason=None, updated_at=utcnow())
+                .returning(table.c.idempotency_key)
+            ).first()
+        return self.get_execution(key) if row is not None else None
+
+    def unstarted_claims(self, tasks: Sequence[str], limit: int = 1000) -> list[Execution]:
+        """Claims of these tasks that no run has taken yet (batch triggers), oldest first."""
+        table = schema.executions
+        if not tasks:
+            return []
+        return self._executions(
+            sa.and_(table.c.task.in_(list(tasks)), table.c.status == status.CLAIMED, table.c.run_id == ""),
+            limit=limit,
+            order=table.c.created_at,
+        )
+
+    def close_unstarted(self, key: str, state: str, reason: str) -> bool:
+        """Decide a claim no run took (`missed`, `skipped`): false when a run took it meanwhile."""
+        table = schema.executions
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                table.update()
+                .where(table.c.idempotency_key == key, table.c.status == status.CLAIMED, table.c.run_id == "")
+                .values(status=state, reason=reason, updated_at=utcnow())
+                .returning(table.c.idempotency_key)
+            ).first()
+        return row is not None
 
     # -- settling ---------------------------------------------------------------------------------
 
