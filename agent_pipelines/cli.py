@@ -52,13 +52,16 @@ def validate(path: Path | None) -> None:
 @click.option("--jitter-ms", default=100.0, show_default=True, type=float)
 @click.option("--failure-rate", default=0.0, show_default=True, type=float, help="Share of requests answered with HTTP 500.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--capacity", default=None, type=int, help="Requests worked on at once; the rest wait inside (a saturated agent).")
 @click.option(
     "--token-env",
     default="DEMO_AGENT_TOKEN",
     show_default=True,
     help="Require `Authorization: Bearer $<this variable>` when the variable is set.",
 )
-def demo_agent(host: str, port: int, latency_ms: float, jitter_ms: float, failure_rate: float, seed: int, token_env: str) -> None:
+def demo_agent(
+    host: str, port: int, latency_ms: float, jitter_ms: float, failure_rate: float, seed: int, capacity: int | None, token_env: str
+) -> None:
     """Serve the built-in deterministic demo agent (OpenAI, OpenClaw, Hermes, Dify, HTTP shapes)."""
     from agent_pipelines.demo_agent import DemoAgentConfig, serve
 
@@ -68,6 +71,7 @@ def demo_agent(host: str, port: int, latency_ms: float, jitter_ms: float, failur
         failure_rate=failure_rate,
         seed=seed,
         token=os.environ.get(token_env) or None,
+        capacity=capacity,
     )
     click.echo(f"demo agent on http://{host}:{port} (latency {latency_ms:g}±{jitter_ms:g} ms, failure rate {failure_rate:g})")
     serve(config, host=host, port=port)
@@ -223,14 +227,15 @@ def cost(by: str, days: int, as_json: bool, path: Path | None) -> None:
 
 @main.group()
 def agent() -> None:
-    """Inspect agents: list (lifecycle state, next due time, wakes and hours up)."""
+    """Inspect agents: list (lifecycle state, next due time, wakes and hours up, load)."""
 
 
 @agent.command("list")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 def agent_list(path: Path | None) -> None:
     """Every agent: always on, or its lifecycle backend and state (asleep, waking, ready,
-    draining, failed), its next due time, wakes, cold starts and hours up over the last 24 h."""
+    draining, failed), its next due time, wakes, cold starts and hours up over the last 24 h, and
+    its load: learned limit / max_concurrency, requests in flight and waiting, latency, saturated."""
     import datetime as dt
 
     from agent_pipelines.lifecycle.report import agent_rows
@@ -569,6 +574,10 @@ main.add_command(notifications_group)
 from agent_pipelines.commands.webserver import webserver_command  # noqa: E402
 
 main.add_command(webserver_command)
+from agent_pipelines.commands.importing import export_group, import_group  # noqa: E402
+
+main.add_command(import_group)
+main.add_command(export_group)
 
 
 main.help = f"""Agent task scheduling on Dagster.

@@ -1,5 +1,5 @@
-"""Dagster sensors: the scheduler, the event safety net, catalog health, prompt quality, batch shards,
-agent lifecycle, cost and budgets."""
+"""Dagster sensors: the scheduler, the event safety net, catalog health, prompt quality, batch shards and triggers,
+agent lifecycle and load, cost and budgets."""
 
 
 from collections.abc import Mapping
@@ -10,7 +10,9 @@ import dagster as dg
 from agent_pipelines.catalog.loader import Catalog
 from assets.batch import combined_key
 from sensors.agent_lifecycle import build_agent_lifecycle_sensor
+from sensors.agent_load import build_agent_load_sensor
 from sensors.batch_partitions import build_batch_shards_sensor
+from sensors.batch_triggers import build_batch_trigger_sensor
 from sensors.costs import build_cost_sensor
 from sensors.catalog_health import CATALOG_HEALTH_JOB, build_catalog_health_sensor
 from sensors.events import build_event_sensor
@@ -28,7 +30,7 @@ def build_sensor_definitions(catalog: Catalog, jobs: Mapping[str, Any]) -> dg.De
         sensors.append(build_scheduler_sensor(catalog, [jobs[SCHEDULED_JOB], jobs[CATCHUP_JOB], jobs[MANUAL_JOB]]))
     if any(task.events for task in catalog.regular_tasks.values()):
         sensors.append(build_event_sensor(catalog, jobs[EVENT_JOB]))
-    for optional in (build_prompt_quality_sensor(catalog), build_batch_shards_sensor(catalog), build_agent_lifecycle_sensor(catalog), build_cost_sensor(catalog)):
+    for optional in (build_prompt_quality_sensor(catalog), build_batch_shards_sensor(catalog), build_batch_trigger_sensor(catalog, jobs), build_agent_lifecycle_sensor(catalog), build_agent_load_sensor(catalog), build_cost_sensor(catalog)):
         if optional is not None:
             sensors.append(optional)
     if catalog.batch_tasks:

@@ -34,6 +34,7 @@ def test_code_location_module_loads() -> None:
         "prompt_quality_sensor",
         "notification_sensor",
         "retention_sensor",
+        "agent_load_sensor",
     }
     # Time triggers go through task_scheduler_sensor, not per-task schedules; the only schedule
     # is the hourly prompt tuning pass.

@@ -20,16 +20,17 @@ from pydantic import (
     Field,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from agent_pipelines.catalog.durations import format_duration, parse_duration
+from agent_pipelines.catalog.item_sources import ItemsSpec
 from agent_pipelines.catalog.lifecycle import LifecycleSpec
 from agent_pipelines.catalog.notifications import NotifySpec
-from agent_pipelines.catalog.spec import ENV_VAR_RE, Spec, owner_shorthand
+from agent_pipelines.catalog.spec import ENV_VAR_RE, NAME_RE, Spec, owner_shorthand
 from agent_pipelines.kubernetes_config import check_block
 
-NAME_RE = r"^[a-z][a-z0-9_]{0,62}$"
 _TAG_PART = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 _TAG_VALUE = re.compile(r"^[A-Za-z0-9_.-]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -280,10 +281,16 @@ class RetrySpec(Spec):
 
 
 class CronScheduleSpec(Spec):
-    """Cron in a time zone: 5 fields, or 6 with seconds first (as OpenClaw and Quartz read it)."""
+    """Cron in a time zone: 5 fields, or 6 with seconds first (as OpenClaw and Quartz read it).
+
+    `offset` shifts every cron time by a fixed delay: OpenClaw staggers each job's top-of-hour
+    runs by a stable per-job offset of up to 5 minutes, with millisecond precision, which no
+    cron expression can say.
+    """
 
     cron: str
     timezone: str = "UTC"
+    offset: Duration = Field(default=0.0, ge=0, lt=86_400, description="fire this long after each cron time")
 
     @field_validator("cron")
     @classmethod
@@ -316,8 +323,17 @@ class CronScheduleSpec(Spec):
     def has_seconds(self) -> bool:
         return len(self.cron.split()) == 6
 
+    @model_serializer(mode="wrap")
+    def _without_zero_offset(self, handler: Any) -> Any:
+        """Schedules without an offset serialize as before it existed (catalog item digests)."""
+        data = handler(self)
+        if isinstance(data, dict) and not self.offset:
+            data.pop("offset", None)
+        return data
+
     def describe(self) -> str:
-        return f"cron `{self.cron}` ({self.timezone})"
+        offset = f" + {format_duration(self.offset)}" if self.offset else ""
+        return f"cron `{self.cron}`{offset} ({self.timezone})"
 
 
 class IntervalScheduleSpec(Spec):
@@ -391,21 +407,6 @@ class MisfirePolicySpec(Spec):
     max_catchup: int = Field(default=10, ge=1, le=10_000)
 
 
-class ItemsSpec(Spec):
-    """The rows of a batch task: a file (relative to its YAML file) or another batch task's results."""
-
-    path: str | None = None
-    from_task: Name | None = None
-    format: Literal["csv", "parquet", "jsonl"] | None = None
-    id_column: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ItemsSpec:
-        if (self.path is None) == (self.from_task is None):
-            raise ValueError("set exactly one of `path` and `from_task`")
-        return self
-
-
 CHECK_NAMES = ("json_schema", "must_match", "must_not_match", "max_latency", "max_tokens", "judge")
 
 
@@ -428,6 +429,12 @@ class ChecksSpec(Spec):
     judge: JudgeSpec | None = None
     must_pass: list[str] = Field(
         default_factory=list, description="checks a tuned candidate may never fail to be promoted"
+    )
+    min_pass_rate: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="batch tasks: a shard's asset check passes when at least this share of its answered items pass it",
     )
 
     @field_validator("json_schema")
@@ -520,6 +527,11 @@ class TaskSpec(Spec):
     variables: dict[str, Any] = Field(default_factory=dict)
     schedule: Annotated[ScheduleSpec | None, BeforeValidator(_schedule_shorthand)] = None
     misfire: MisfirePolicySpec = Field(default_factory=MisfirePolicySpec)
+    overload: Literal["all", "latest_only"] = Field(
+        default="all",
+        description="while its agent is saturated: `latest_only` lets a newer due time replace a waiting older one",
+    )
+    priority: int = Field(default=0, ge=-100, le=100, description="higher goes first when its agent is saturated")
     events: list[EventSubscriptionSpec] = Field(default_factory=list)
     on_upstream: bool = Field(
         default=False, description="also run whenever an upstream task's output is materialized"
@@ -572,22 +584,20 @@ class TaskSpec(Spec):
             raise ValueError("set at most one of `shards` and `shard_by`")
         if self.shards is None and self.shard_by is None and self.fleet is None:
             raise ValueError("a batch task needs `shards: N`, `shard_by: <column>` or `fleet`")
-        for name in ("schedule", "events", "on_upstream", "depends_on"):
-            if getattr(self, name):
-                raise ValueError(
-                    f"`{name}` is not available to batch tasks: launch their shards as a backfill "
-                    "(items can come from another batch task with `items.from_task`)"
-                )
         if self.session == "task":
             raise ValueError("batch tasks run each item in its own session (`session: isolated`)")
-        if self.checks is not None or self.tuning is not None:
-            raise ValueError("`checks` and `tuning` apply to regular tasks, not batch tasks (yet)")
         return self
 
     @model_validator(mode="after")
     def _tuning_needs_checks(self) -> TaskSpec:
         if self.tuning is not None and (self.checks is None or not self.checks.names()):
             raise ValueError("`tuning` learns from evaluations: declare `checks` too")
+        return self
+
+    @model_validator(mode="after")
+    def _pass_rate_of_items(self) -> TaskSpec:
+        if self.items is None and self.checks is not None and "min_pass_rate" in self.checks.model_fields_set:
+            raise ValueError("`checks.min_pass_rate` applies to batch tasks (a share of items): every output of a regular task is checked alone")
         return self
 
     @field_validator("owner")
@@ -633,6 +643,12 @@ class TaskSpec(Spec):
         return self.schedule.timezone if isinstance(self.schedule, CronScheduleSpec) else "UTC"
 
     @model_validator(mode="after")
+    def _latest_only_needs_a_period(self) -> TaskSpec:
+        if self.overload == "latest_only" and (self.schedule is None or isinstance(self.schedule, OneShotScheduleSpec) or self.items is not None):
+            raise ValueError("`overload: latest_only` replaces older due times with newer ones: it needs a recurring `schedule` (cron or every)")
+        return self
+
+    @model_validator(mode="after")
     def _until_next_due_needs_a_schedule(self) -> TaskSpec:
         if self.retries.until == "next_due" and self.schedule is None:
             raise ValueError("`retries.until: next_due` needs a `schedule` (use a duration, e.g. `until: 10m`)")
@@ -640,8 +656,12 @@ class TaskSpec(Spec):
 
     @model_validator(mode="after")
     def _on_upstream_needs_upstream(self) -> TaskSpec:
-        if self.on_upstream and not self.depends_on:
-            raise ValueError("`on_upstream: true` needs `depends_on`: the tasks whose outputs start this one")
+        reads_upstream = self.items is not None and (self.items.from_task or getattr(self.items, "from_output", None))
+        if self.on_upstream and not self.depends_on and not reads_upstream:
+            raise ValueError(
+                "`on_upstream: true` needs `depends_on` (or, for a batch task, items from another task): "
+                "the tasks whose outputs start this one"
+            )
         return self
 
     @field_validator("depends_on")

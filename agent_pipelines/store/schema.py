@@ -123,6 +123,30 @@ agent_health = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+agent_load = sa.Table(
+    "agent_pipelines_agent_load",
+    metadata,
+    # What each run (holder) sees of each agent's load, written every second while it runs
+    # (agent_pipelines.scheduling.load): fresh rows add up to the agent's requests in flight and
+    # waiting; the newest row's limiter state is where the next run starts.
+    sa.Column("agent", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(64), primary_key=True),  # the run id
+    sa.Column("limit", sa.Integer, nullable=False),  # the learned limit
+    sa.Column("max_limit", sa.Integer, nullable=False),  # the agent's max_concurrency
+    sa.Column("in_flight", sa.Integer, nullable=False),
+    sa.Column("queued", sa.Integer, nullable=False),  # waiting in this run's queue for a permit
+    sa.Column("oldest_wait_s", sa.Float),  # how long the oldest of them has waited
+    sa.Column("latency_ms", sa.Float),  # recent answers' latency
+    sa.Column("baseline_ms", sa.Float),  # latency without a queue (measured one request at a time)
+    sa.Column("sent", sa.Integer, nullable=False),  # counts since the holder started
+    sa.Column("overloads", sa.Integer, nullable=False),
+    sa.Column("skipped", sa.Integer, nullable=False),  # waited past their deadline
+    sa.Column("last_skip_at", sa.DateTime(timezone=True)),
+    sa.Column("state", sa.Text, nullable=False),  # JSON: the limiter's state
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_pipelines_agent_load_updated", "agent", "updated_at"),
+)
+
 task_registry = sa.Table(
     "agent_pipelines_task_registry",
     metadata,
@@ -297,6 +321,24 @@ evaluations = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_agent_pipelines_evaluations_task_version", "task", "version"),
     sa.Index("ix_agent_pipelines_evaluations_task_created", "task", "created_at"),
+)
+
+batch_evaluations = sa.Table(
+    "agent_pipelines_batch_evaluations",
+    metadata,
+    # One row per batch run and prompt version: its items' checks in aggregate, so a batch of a
+    # million items adds a row per version to the history the tuner reads, not a million.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("canary", sa.Boolean, nullable=False),
+    sa.Column("checked", sa.Integer, nullable=False),  # answered items whose checks ran
+    sa.Column("passed", sa.Integer, nullable=False),  # of those, items that passed every check
+    sa.Column("failed_checks", sa.Text, nullable=False),  # JSON: check name -> items that failed it
+    sa.Column("samples", sa.Text, nullable=False),  # JSON: a few failing items (key, checks, output)
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_agent_pipelines_batch_evaluations_task", "task", "id"),
 )
 
 audit_log = sa.Table(

@@ -1,7 +1,7 @@
 """Access to agent_pipelines' own tables, wherever the Dagster instance keeps its storage.
 
 One `StateStore` per database URL per process; its methods are grouped by the tables they
-touch (executions, events, conversations, agent health, tasks, heartbeats, leadership, agent lifecycle, audit).
+touch (executions, events, conversations, agent health and load, tasks, heartbeats, leadership, agent lifecycle, audit).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from agent_pipelines.store.agent_health import AgentHealthRecords
+from agent_pipelines.store.agent_load import AgentLoadRecords
 from agent_pipelines.store.audit import AuditRecords
 from agent_pipelines.store.base import create_engine, url_for_instance
 from agent_pipelines.store.catalog_items import CatalogItemRecords
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
 
-class StateStore(ExecutionRecords, EventLog, Conversations, AgentHealthRecords, TaskRecords, RunHeartbeats, LeadershipRecords, LifecycleRecords, AuditRecords, CatalogItemRecords, ExecutionSearch, NotificationRecords):
+class StateStore(ExecutionRecords, EventLog, Conversations, AgentHealthRecords, AgentLoadRecords, TaskRecords, RunHeartbeats, LeadershipRecords, LifecycleRecords, AuditRecords, CatalogItemRecords, ExecutionSearch, NotificationRecords):
     _instances: dict[str, StateStore] = {}
     _lock = threading.Lock()
 
