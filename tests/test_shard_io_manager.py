@@ -58,6 +58,7 @@ def test_schema_has_exactly_the_result_columns() -> None:
     assert RESULT_COLUMNS == (
         "item_id", "item", "shard", "node", "status", "output", "error",
         "latency_ms", "tokens_in", "tokens_out", "attempts", "finished_at",
+        "execution", "prompt_version", "checks_passed", "check_failures",
     )  # fmt: skip
     assert str(RESULT_SCHEMA.field("finished_at").type) == "timestamp[us, tz=UTC]"
     assert str(RESULT_SCHEMA.field("attempts").type) == "int32"
