@@ -33,8 +33,14 @@ def _open_store(url: str) -> str:
 
 
 def test_concurrent_first_start_migrates_once(store_url: str) -> None:
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    pool = multiprocessing.get_context("spawn").Pool(4)
+    try:
         assert pool.map(_open_store, [store_url] * 4) == ["ok"] * 4
+    finally:
+        # close + join, not terminate: a worker that inherited an ignored SIGTERM (a CI runner
+        # started in the background) would never end and terminate() would wait for it forever
+        pool.close()
+        pool.join()
     engine = sa.create_engine(sqlalchemy_url(store_url))
     try:
         with engine.connect() as conn:
