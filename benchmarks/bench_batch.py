@@ -76,31 +76,34 @@ def write_items(path: Path, count: int) -> None:
             writer.writerow([f"T{i:06d}", f"subject {i}"])
 
 
+def fleet_catalog(task: str, items_yaml: str, nodes: int = NODES, concurrency: int = CONCURRENCY, base_port: int = BASE_PORT) -> str:
+    """A fleet of `nodes` demo agents on base_port, base_port + 1, ... and one batch task over it."""
+    return textwrap.dedent(
+        f"""\
+        fleets:
+          - name: bench_fleet
+            kind: openai_chat
+            model: demo-model
+            auth_env: DEMO_AGENT_TOKEN
+            max_concurrency: {concurrency}
+            base_url_template: "http://127.0.0.1:{base_port // 10}{{i}}"
+            count: {nodes}
+        tasks:
+          - name: {task}
+            owner: bench
+            fleet: bench_fleet
+            items: {items_yaml}
+            shards: 16
+            prompt: "Classify {{{{ item.subject }}}}"
+            retries: {{count: 2, delay: 100ms}}
+        """
+    )
+
+
 def write_catalog(directory: Path, count: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_items(directory / "items.csv", count)
-    (directory / "batch.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            fleets:
-              - name: bench_fleet
-                kind: openai_chat
-                model: demo-model
-                auth_env: DEMO_AGENT_TOKEN
-                max_concurrency: {CONCURRENCY}
-                base_url_template: "http://127.0.0.1:{BASE_PORT // 10}{{i}}"
-                count: {NODES}
-            tasks:
-              - name: bench_batch
-                owner: bench
-                fleet: bench_fleet
-                items: {{path: items.csv, id_column: ticket_id}}
-                shards: 16
-                prompt: "Classify {{{{ item.subject }}}}"
-                retries: {{count: 2, delay: 100ms}}
-            """
-        )
-    )
+    (directory / "batch.yaml").write_text(fleet_catalog("bench_batch", "{path: items.csv, id_column: ticket_id}"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import sys
-import textwrap
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_batch import agent_processes, raw_client, run_backfill  # noqa: E402
+from bench_batch import agent_processes, fleet_catalog, raw_client, run_backfill  # noqa: E402
 
 NODES = 8
 CONCURRENCY = 16  # per node: 8 nodes -> 128 requests in flight
@@ -63,31 +62,8 @@ def items_database(count: int):
 
 def write_catalog(directory: Path, count: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "batch.yaml").write_text(
-        textwrap.dedent(
-            f"""\
-            fleets:
-              - name: bench_fleet
-                kind: openai_chat
-                model: demo-model
-                auth_env: DEMO_AGENT_TOKEN
-                max_concurrency: {CONCURRENCY}
-                base_url_template: "http://127.0.0.1:{BASE_PORT // 10}{{i}}"
-                count: {NODES}
-            tasks:
-              - name: bench_pg
-                owner: bench
-                fleet: bench_fleet
-                items:
-                  sql: "SELECT id, subject FROM items LIMIT {count}"
-                  url_env: BENCH_ITEMS_URL
-                  id_column: id
-                shards: 16
-                prompt: "Classify {{{{ item.subject }}}}"
-                retries: {{count: 2, delay: 100ms}}
-            """
-        )
-    )
+    items = f'{{sql: "SELECT id, subject FROM items LIMIT {count}", url_env: BENCH_ITEMS_URL, id_column: id}}'
+    (directory / "batch.yaml").write_text(fleet_catalog("bench_pg", items, NODES, CONCURRENCY, BASE_PORT))
 
 
 def bound(urls: list[str], sample: int) -> float:

@@ -11,7 +11,6 @@ not re-sent (see `batch.resume`).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,7 +119,7 @@ def close_execution(
                     output=summary,
                     tokens_in=tokens_in,
                     tokens_out=tokens_out,
-                    details={"items": items, "ok": ok, "failed": failed, "shards": json.loads(json.dumps(list(shards), default=str))},
+                    details={"items": items, "ok": ok, "failed": failed, "shards": list(shards)},
                 ),
             )
         ]

@@ -34,7 +34,7 @@ from agent_pipelines.importers.mapping import (
     iso,
     literal_prompt,
     notify_block,
-    schedule_model,
+    checked_cron,
     valid_zone,
 )
 
@@ -193,12 +193,7 @@ def _schedule(job: dict[str, Any], result: JobResult, now: dt.datetime, zone: st
                 f"Hermes evaluates cron in its configured time zone: {zone} assumed (this machine's); "
                 "set `timezone:` or `state_dir:` on the gateway entry if Hermes's differs"
             )
-        try:
-            schedule_model(spec)
-        except ValueError as exc:
-            result.not_mapped(f"cron {expr!r}: {exc}")
-            return None
-        return spec
+        return checked_cron(result, expr, spec)
     if kind == "interval":
         minutes = schedule.get("minutes")
         if not isinstance(minutes, (int, float)) or isinstance(minutes, bool) or minutes <= 0:

@@ -219,6 +219,16 @@ def duration_text(seconds: float) -> str:
     return format_duration(seconds)
 
 
+def checked_cron(result: JobResult, expr: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """`spec` when our scheduler reads the cron schedule; else the job is reported not mapped."""
+    try:
+        schedule_model(spec)
+    except ValueError as exc:
+        result.not_mapped(f"cron {expr!r}: {exc}")
+        return None
+    return spec
+
+
 def schedule_model(schedule: Mapping[str, Any]) -> CronScheduleSpec | IntervalScheduleSpec | OneShotScheduleSpec:
     """The schedule a task dict holds, as our scheduler reads it (raises ValueError if invalid)."""
     from pydantic import ValidationError

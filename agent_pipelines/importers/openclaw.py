@@ -42,7 +42,7 @@ from agent_pipelines.importers.mapping import (
     iso,
     literal_prompt,
     notify_block,
-    schedule_model,
+    checked_cron,
 )
 
 KIND = "openclaw"
@@ -299,12 +299,7 @@ def _schedule(job: dict[str, Any], result: JobResult, ctx: _Context) -> dict[str
         offset = stagger_offset_ms(result.job_id, schedule)
         if offset:
             spec["offset"] = duration_text(offset / 1000)
-        try:
-            schedule_model(spec)
-        except ValueError as exc:
-            result.not_mapped(f"cron {expr!r}: {exc}")
-            return None
-        return spec
+        return checked_cron(result, expr, spec)
     if kind == "every":
         every_ms = schedule.get("everyMs")
         if not isinstance(every_ms, (int, float)) or isinstance(every_ms, bool) or every_ms < 1000:
