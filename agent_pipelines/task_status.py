@@ -16,9 +16,11 @@ def trigger_text(task: TaskSpec) -> str:
         types = ",".join(subscription.types())
         parts.append(f"event {subscription.source}/{types}")
     if task.on_upstream:
-        parts.append(f"after {','.join(task.depends_on)}")
+        from agent_pipelines.batch.triggers import upstream_assets
+
+        parts.append(f"after {','.join(upstream_assets(task))}")
     if task.is_batch:
-        parts.append("batch backfill")
+        return "; ".join(parts) + " (batch)" if parts else "batch backfill"
     return "; ".join(parts) or "manual"
 
 
