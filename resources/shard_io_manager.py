@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -33,6 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
+
+from agent_pipelines.agents.transport import dumps_text
 
 #: Where batch results go when not under DAGSTER_HOME: an fsspec URL such as s3://bucket/prefix.
 RESULTS_URL_ENV = "AGENT_PIPELINES_RESULTS_URL"
@@ -396,7 +397,7 @@ def _result_row(row: Mapping[str, Any]) -> dict[str, Any]:
     out = {name: row.get(name) for name in RESULT_COLUMNS}
     item = out["item"]
     if not isinstance(item, str):
-        out["item"] = json.dumps(item, ensure_ascii=False, default=str)
+        out["item"] = dumps_text(item)
     if out["finished_at"] is None:
         out["finished_at"] = dt.datetime.now(dt.UTC)
     return out

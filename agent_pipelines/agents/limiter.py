@@ -12,7 +12,7 @@ Gradient2. A *baseline* is the agent's latency without a queue of ours: measured
 measures its minimum RTT, by sending one request at a time for a few answers, when the limiter
 starts and then every 5 minutes (the baseline of a long overload would otherwise creep up
 with the queue it measures). Each answer's latency against it is the gradient,
-`clamp(tolerance * baseline / latency, 0.5, 1)` (tolerance 2): below 1, requests queue inside the agent and the
+`clamp((tolerance * baseline + slack) / latency, 0.5, 1)` (tolerance 2, slack 0.1 s): below 1, requests queue inside the agent and the
 limit shrinks toward that share of itself (smoothed); at 1, it grows by one per round trip, as
 long as it is used. Overload errors (429, 5xx, timeouts) cut the limit multiplicatively (AIMD),
 once per round trip: the answers to requests sent before a cut say nothing new. The limit starts
@@ -57,6 +57,10 @@ class LimiterSettings:
     #: latency up to this multiple of the baseline is not queueing (answers vary by prompt, and an
     #: agent's answer taking twice as long is a fair price for keeping it busy)
     tolerance: float = 2.0
+    #: ...plus this much: a busy client's own event loop adds milliseconds to every answer it
+    #: reads (a batch sending thousands a second), which is not the agent queueing; negligible
+    #: against an LLM agent's seconds, it keeps a fast agent's limit from shrinking to nothing
+    slack_s: float = 0.1
     #: how much of a gradient below 1 one answer applies to the limit
     smoothing: float = 0.2
     #: answers to requests sent one at a time that make a baseline (their median)
@@ -168,7 +172,7 @@ class GradientLimiter:
         assert state.baseline_s is not None
         if in_flight < state.estimate / 2:
             return  # not using the limit: the answer says nothing about a bigger one
-        gradient = max(0.5, min(1.0, s.tolerance * state.baseline_s / latency_s))
+        gradient = max(0.5, min(1.0, (s.tolerance * state.baseline_s + s.slack_s) / latency_s))
         if gradient < 1.0:
             state.estimate = self._clamp(state.estimate * (1 - s.smoothing * (1 - gradient)))
         else:

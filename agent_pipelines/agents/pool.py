@@ -21,7 +21,7 @@ from agent_pipelines.agents.base import AgentCallError, AgentClient, AgentReques
 from agent_pipelines.agents.credentials import TokenSource
 from agent_pipelines.agents.limiter import ConcurrencyGate, GradientLimiter, Outcome, outcome_of
 from agent_pipelines.agents.registry import AGENT_CLIENTS, create_client
-from agent_pipelines.agents.transport import AiohttpTransport, HttpxTransport
+from agent_pipelines.agents.transport import AiohttpTransport, HttpxTransport, aiohttp_session
 from agent_pipelines.catalog.model import AgentSpecBase
 
 #: httpx's async client costs ~10 ms of CPU per request and slows down with big pools, so its
@@ -133,7 +133,7 @@ class AgentPool:
             transport: Any = HttpxTransport(client)
         else:
             connector = aiohttp.TCPConnector(limit=spec.max_concurrency, limit_per_host=spec.max_concurrency)
-            session = aiohttp.ClientSession(connector=connector)
+            session = aiohttp_session(connector)
             self._closers.append(session.close)
             transport = AiohttpTransport(session)
         return AgentConnection(create_client(settings, transport), spec.max_concurrency)

@@ -7,13 +7,16 @@ of a scheduler that must send a burst of due tasks at once that decides the figu
 is the default (`http_client: aiohttp`) and httpx remains available (`http_client: httpx`).
 
 Each transport turns its own exceptions into the same classified `AgentCallError`s, so the
-retry rules do not depend on the client.
+retry rules do not depend on the client. JSON goes through orjson both ways (several times
+less CPU than the standard library per request body and answer), falling back to `json` for
+what orjson refuses (NaN in an answer, integers past 64 bits in a body).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from typing import Any, Literal
 
 import aiohttp
 import httpx
+import orjson
 
 from agent_pipelines.agents.base import AgentCallError, FailureKind
 from agent_pipelines.telemetry import spans
@@ -41,7 +45,42 @@ class Reply:
         return self.content.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        return loads(self.content)
+
+
+def dumps(body: Any) -> bytes:
+    """A request body as JSON bytes (what `json.dumps` would write, non-str keys included)."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # e.g. an int past 64 bits
+        return json.dumps(body).encode()
+
+
+def dumps_text(value: Any) -> str:
+    """Stored JSON text of item fields: what `json.dumps(value, ensure_ascii=False, default=str)`
+    holds (datetimes, decimals and other values as their `str`), without its CPU."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def loads(content: bytes | str) -> Any:
+    """Decode an answer; raises `ValueError` when it is not JSON (NaN/Infinity accepted, as by `json`)."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content)
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def with_json_type(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of a JSON body: the caller's, and a content type unless they set one."""
+    if "Content-Type" in headers or any(name.lower() == "content-type" for name in headers):
+        return dict(headers)
+    return {**JSON_HEADERS, **headers}
 
 
 class Transport(abc.ABC):
@@ -64,7 +103,9 @@ class Transport(abc.ABC):
         """`request` with the current execution's `traceparent` (prepared before the instant),
         its client span recorded after the answer (telemetry/spans.py)."""
         outgoing = spans.outgoing()
-        if outgoing is None:  # not in an execution, or a provider other than ours
+        if outgoing is None and not spans.recording():  # a batch item, a probe: nothing to trace
+            return await self.request(method, url, body=body, headers=headers, timeout_s=timeout_s)
+        if outgoing is None:  # a provider other than ours
             with spans.http_request(method, url, headers) as (traced_headers, span):
                 reply = await self.request(method, url, body=body, headers=traced_headers, timeout_s=timeout_s)
                 spans.http_response(span, reply.status_code)
@@ -106,8 +147,10 @@ class HttpxTransport(Transport):
         self, method: str, url: str, *, body: Any = None, headers: Mapping[str, str], timeout_s: float
     ) -> Reply:
         timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+        content = None if body is None else dumps(body)
+        sent_headers = dict(headers) if content is None else with_json_type(headers)
         try:
-            response = await self.client.request(method, url, json=body, headers=dict(headers), timeout=timeout)
+            response = await self.client.request(method, url, content=content, headers=sent_headers, timeout=timeout)
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL, UnicodeEncodeError) as exc:
             raise _config_error(url, exc) from exc
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -123,6 +166,18 @@ class HttpxTransport(Transport):
         return Reply(response.status_code, response.headers, response.content)
 
 
+@functools.lru_cache(maxsize=64)
+def aiohttp_timeout(timeout_s: float) -> aiohttp.ClientTimeout:
+    """One (immutable) timeout object per value, not one per request."""
+    return aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
+
+
+def aiohttp_session(connector: aiohttp.TCPConnector | None = None) -> aiohttp.ClientSession:
+    """A session for agent APIs: no cookie jar (agents authenticate by header; a jar would be
+    filtered on every request and could carry one task's cookie into another's request)."""
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
 class AiohttpTransport(Transport):
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
@@ -130,9 +185,11 @@ class AiohttpTransport(Transport):
     async def request(
         self, method: str, url: str, *, body: Any = None, headers: Mapping[str, str], timeout_s: float
     ) -> Reply:
-        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
+        timeout = aiohttp_timeout(timeout_s)
+        data = None if body is None else dumps(body)
+        sent_headers = headers if data is None else with_json_type(headers)
         try:
-            async with self.session.request(method, url, json=body, headers=dict(headers), timeout=timeout) as response:
+            async with self.session.request(method, url, data=data, headers=sent_headers, timeout=timeout) as response:
                 content = await response.read()
                 return Reply(response.status, response.headers, content)
         except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError, UnicodeEncodeError) as exc:

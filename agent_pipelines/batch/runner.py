@@ -11,8 +11,10 @@ down during it (connections refused) hands its shards to the next healthy node.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import tempfile
@@ -36,6 +38,7 @@ from agent_pipelines.batch.resume import ShardResume
 from agent_pipelines.catalog.model import AgentSpecBase, TaskSpec
 from agent_pipelines.catalog.templates import TemplateProblem, render
 from agent_pipelines.agents.pool import AgentConnection, AgentPool
+from agent_pipelines.agents.transport import dumps_text, loads
 from agent_pipelines.scheduling.retries import retry_delay
 from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
@@ -234,7 +237,7 @@ class BatchRunner:
                     # items of shards outside this run are left alone; items this execution
                     # already did are copied from the previous results instead of sent again
                     if handle is not None and item.id not in self._succeeded.get(shard, done):
-                        handle.write(json.dumps([item.id, item.fields], default=str) + "\n")
+                        handle.write(dumps_text([item.id, item.fields]) + "\n")
         finally:
             for handle in handles.values():
                 handle.close()
@@ -293,14 +296,14 @@ class BatchRunner:
         self.log.info(f"shard {key}: {summary.resumed} item(s) already succeeded in this execution; not sent again")
 
     async def _stream(self, key: str, summary: ShardSummary, writer: Any, spooled: Path) -> None:
-        """A fixed pool of workers (the node's `max_concurrency`) pulls the shard's items from a
-        bounded queue: no task per item, and at most a queue's worth of items in memory."""
+        """A fixed pool of workers (the node's `max_concurrency`) takes the shard's items from
+        batches read one ahead: no task per item, and at most two batches in memory."""
         # A node's concurrency is shared by the shards that start on it: more workers would only
         # queue on the node's semaphore.
         node = self._current(summary)
         sharing = max(1, self._shards_per_node.get(node.name, 1))
         workers = max(1, -(-node.spec.max_concurrency // sharing))
-        queue: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=workers * 4)
+        items = SpooledItems(spooled, summary)
         results: list[dict[str, Any]] = []
         write_lock = asyncio.Lock()
         if self.progress is not None:
@@ -318,22 +321,16 @@ class BatchRunner:
                 if rows:
                     await asyncio.to_thread(writer.write_rows, rows)
 
-        async def produce() -> None:
-            iterator = read_spooled(spooled)
-            while (batch := await asyncio.to_thread(next, iterator, None)) is not None:
-                for item in batch:
-                    summary.items += 1
-                    await queue.put(item)
-            for _ in range(workers):
-                await queue.put(None)
-
         async def work() -> None:
-            while (item := await queue.get()) is not None:
+            while (item := await items.next()) is not None:
                 results.append(await self._run_item(item, key, summary))
                 await flush(WRITE_BATCH_ROWS)
 
         async with self.evaluation.in_use() if self.evaluation is not None else contextlib.nullcontext():
-            await asyncio.gather(produce(), *(work() for _ in range(workers)))
+            try:
+                await asyncio.gather(*(work() for _ in range(workers)))
+            finally:
+                items.close()
             await flush(1)
 
     def _current(self, summary: ShardSummary) -> Node:
@@ -363,7 +360,7 @@ class BatchRunner:
             "prompt_version": choice.version,
         }
         try:
-            request = self._request(item, key)
+            request = self._request(item, key, choice)
         except TemplateProblem as problem:
             return self._finish(row, summary, error=f"config: prompt: {problem.message}")
         retries = rate_limited = 0
@@ -421,23 +418,29 @@ class BatchRunner:
             return PromptChoice(self.task, None)
         return self.evaluation.choose(item_idempotency_key(self.task.name, item.id, self.trigger))
 
-    def _request(self, item: Item, key: str) -> AgentRequest:
-        now = dt.datetime.now(self.zone)
-        due = self.trigger.due_time.astimezone(self.zone) if self.trigger.due_time else now
-        prompt = render(
-            self.prompt_for(item).task.prompt,
-            {**self.variables, **self.context, "item": item.fields, "shard": key, "task": self.task.name, "due_time": due, "now": now, "trigger": self.trigger.kind},
-        )
+    def _request(self, item: Item, key: str, choice: PromptChoice) -> AgentRequest:
+        chosen = choice.task
         idempotency_key = item_idempotency_key(self.task.name, item.id, self.trigger)
+        prompt = render(chosen.prompt, {**self._base_context, "item": item.fields, "shard": key, "now": dt.datetime.now(self.zone)})
         return AgentRequest(
             prompt=prompt,
-            system=render(chosen.system, {"item": item.fields, "shard": key, **self.variables}) if (chosen := self.prompt_for(item).task).system else None,
+            system=render(chosen.system, {"item": item.fields, "shard": key, **self.variables}) if chosen.system else None,
             idempotency_key=idempotency_key,
             session=SessionState(mode="isolated", key=idempotency_key),
-            timeout_s=self.task.timeout or self.nodes[0].spec.timeout,
+            timeout_s=self._timeout_s,
             task=self.task.name,
             variables=self.variables,
         )
+
+    @functools.cached_property
+    def _base_context(self) -> dict[str, Any]:
+        """What every item's prompt sees besides the item itself (built once per run)."""
+        due = self.trigger.due_time.astimezone(self.zone) if self.trigger.due_time else dt.datetime.now(self.zone)
+        return {**self.variables, **self.context, "task": self.task.name, "due_time": due, "trigger": self.trigger.kind}
+
+    @functools.cached_property
+    def _timeout_s(self) -> float:
+        return self.task.timeout or self.nodes[0].spec.timeout
 
     def _backoff(self, retry: int) -> float:
         return retry_delay(self.task.retries, retry)
@@ -494,13 +497,50 @@ def read_spooled(path: Path) -> Iterator[list[Item]]:
     with path.open(encoding="utf-8") as handle:
         batch: list[Item] = []
         for line in handle:
-            item_id, fields = json.loads(line)
+            item_id, fields = loads(line)
             batch.append(Item(id=item_id, fields=fields))
             if len(batch) >= READ_BATCH_ROWS:
                 yield batch
                 batch = []
         if batch:
             yield batch
+
+
+class SpooledItems:
+    """A shard's spooled items for its workers: a batch is parsed on a thread while the one
+    before it is sent, so workers neither wait for the file nor hand items over one by one."""
+
+    def __init__(self, path: Path, summary: ShardSummary) -> None:
+        self._batches = read_spooled(path)
+        self._summary = summary
+        self._current: collections.deque[Item] = collections.deque()
+        self._next: asyncio.Future[list[Item] | None] | None = None
+        self._lock = asyncio.Lock()
+        self._done = False
+
+    async def next(self) -> Item | None:
+        while not self._current:
+            if self._done:
+                return None
+            async with self._lock:
+                if self._current or self._done:
+                    continue
+                batch = await (self._next or self._read())
+                self._next = None
+                if batch is None:
+                    self._done = True
+                    return None
+                self._summary.items += len(batch)
+                self._current.extend(batch)
+                self._next = self._read()
+        return self._current.popleft()
+
+    def _read(self) -> asyncio.Future[list[Item] | None]:
+        return asyncio.ensure_future(asyncio.to_thread(next, self._batches, None))
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
 
 
 def hash_index(value: str) -> int:

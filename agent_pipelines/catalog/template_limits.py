@@ -29,6 +29,8 @@ from jinja2 import nodes
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from agent_pipelines.catalog.template_substitution import substitution
+
 T = TypeVar("T")
 
 MAX_VALUE_CHARS = 1_000_000
@@ -308,7 +310,19 @@ def collect(chunks: Iterable[str], limit: int = MAX_OUTPUT_CHARS) -> str:
 
 
 def render_bounded(env: BoundedEnvironment, source: str) -> Callable[[dict[str, Any]], str]:
-    """Compile `source` once; the result renders a context within the limits."""
+    """Compile `source` once; the result renders a context within the limits. A template that
+    only substitutes values needs no step budget, only the output limit (see
+    `template_substitution`)."""
+    substitute = substitution(env, env.parse(source))
+    if substitute is not None:
+
+        def render_substituted(context: dict[str, Any]) -> str:
+            text = substitute(context)
+            if len(text) > MAX_OUTPUT_CHARS:
+                raise TemplateLimit(f"the rendered text exceeds {MAX_OUTPUT_CHARS:,} characters")
+            return text
+
+        return render_substituted
     template = env.from_string(source)
 
     def render(context: dict[str, Any]) -> str:

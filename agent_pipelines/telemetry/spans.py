@@ -393,6 +393,11 @@ def outgoing() -> _Request | None:
     return opened.next_request() if opened is not None else None
 
 
+def recording() -> bool:
+    """Whether a span is being recorded here (a provider other than ours traces the caller)."""
+    return trace.get_current_span().is_recording()
+
+
 @contextlib.contextmanager
 def http_request(method: str, url: str, headers: Mapping[str, str]) -> Iterator[tuple[Mapping[str, str], trace.Span | None]]:
     """A client span started now under the current execution, and the headers with its
