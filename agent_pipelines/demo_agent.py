@@ -25,7 +25,7 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -57,6 +57,9 @@ class DemoAgentConfig:
     token: str | None = None  # when set, agent endpoints require `Authorization: Bearer <token>`
     model: str = "demo-model"
     log_limit: int = 10_000  # received requests kept in the log (oldest dropped first)
+    #: sessions and idempotency keys remembered (oldest forgotten first), as a real agent keeps
+    #: them for a while: without a bound a long batch makes the demo agent slower and bigger
+    memory_limit: int = 50_000
     capacity: int | None = None  # requests worked on at once; None: unbounded
 
 
@@ -114,8 +117,8 @@ class DemoAgentState:
             self.requests_total = 0
             self.executions_total = 0
             self.log: deque[RecordedRequest] = deque(maxlen=self.config.log_limit)
-            self.sessions: dict[str, int] = {}
-            self.idempotency: dict[str, CachedResponse] = {}
+            self.sessions: OrderedDict[str, int] = OrderedDict()
+            self.idempotency: OrderedDict[str, CachedResponse] = OrderedDict()
             self.inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
             self.faults: deque[dict[str, Any]] = deque()
             self.outstanding = 0  # agent requests received and not answered yet (waiting or worked on)
@@ -193,8 +196,9 @@ class DemoAgentState:
 
     def next_turn(self, session_id: str) -> int:
         """Called inside an execution (under the lock)."""
-        self.sessions[session_id] = self.sessions.get(session_id, 0) + 1
-        return self.sessions[session_id]
+        turn = self.sessions[session_id] = self.sessions.get(session_id, 0) + 1
+        forget_oldest(self.sessions, self.config.memory_limit)
+        return turn
 
     def should_fail(self, number: int) -> bool:
         rate = self.config.failure_rate
@@ -215,7 +219,14 @@ class DemoAgentState:
             self.executions_total += 1
             if key:
                 self.idempotency[key] = result
+                forget_oldest(self.idempotency, self.config.memory_limit)
             return result
+
+
+def forget_oldest(remembered: OrderedDict[str, Any], limit: int) -> None:
+    """Drop the entries inserted first until at most `limit` are left."""
+    while len(remembered) > limit:
+        remembered.popitem(last=False)
 
 
 def unit_random(seed: int, salt: str, number: int) -> float:

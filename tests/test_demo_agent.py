@@ -390,3 +390,14 @@ def test_stop_cuts_requests_in_flight_like_a_killed_agent() -> None:
     assert time.perf_counter() - started < 3
     thread.join(3)
     assert len(outcome) == 1 and isinstance(outcome[0], httpx.RemoteProtocolError)
+
+
+def test_sessions_and_idempotency_keys_are_remembered_up_to_a_bound() -> None:
+    """A long batch must not make the demo agent grow (and slow down) without end."""
+    from agent_pipelines.demo_agent import CachedResponse, DemoAgentConfig, DemoAgentState
+
+    state = DemoAgentState(DemoAgentConfig(memory_limit=3))
+    for i in range(10):
+        state.execute(state.generation, f"key-{i}", lambda s, i=i: (s.next_turn(f"session-{i}"), CachedResponse(200, b"{}", {}))[1])
+    assert list(state.idempotency) == ["key-7", "key-8", "key-9"]
+    assert list(state.sessions) == ["session-7", "session-8", "session-9"]
