@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from upath import UPath
 
-from agent_pipelines.agents.transport import dumps_text
+from agent_pipelines.json_codec import dumps_text
 
 #: Where batch results go when not under DAGSTER_HOME: an fsspec URL such as s3://bucket/prefix.
 RESULTS_URL_ENV = "AGENT_PIPELINES_RESULTS_URL"

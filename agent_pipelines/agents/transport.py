@@ -7,9 +7,7 @@ of a scheduler that must send a burst of due tasks at once that decides the figu
 is the default (`http_client: aiohttp`) and httpx remains available (`http_client: httpx`).
 
 Each transport turns its own exceptions into the same classified `AgentCallError`s, so the
-retry rules do not depend on the client. JSON goes through orjson both ways (several times
-less CPU than the standard library per request body and answer), falling back to `json` for
-what orjson refuses (NaN in an answer, integers past 64 bits in a body).
+retry rules do not depend on the client. Bodies and answers go through `json_codec` (orjson).
 """
 
 from __future__ import annotations
@@ -17,16 +15,15 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
 import httpx
-import orjson
 
 from agent_pipelines.agents.base import AgentCallError, FailureKind
+from agent_pipelines.json_codec import dumps, loads
 from agent_pipelines.telemetry import spans
 
 HttpClientName = Literal["aiohttp", "httpx"]
@@ -46,31 +43,6 @@ class Reply:
 
     def json(self) -> Any:
         return loads(self.content)
-
-
-def dumps(body: Any) -> bytes:
-    """A request body as JSON bytes (what `json.dumps` would write, non-str keys included)."""
-    try:
-        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:  # e.g. an int past 64 bits
-        return json.dumps(body).encode()
-
-
-def dumps_text(value: Any) -> str:
-    """Stored JSON text of item fields: what `json.dumps(value, ensure_ascii=False, default=str)`
-    holds (datetimes, decimals and other values as their `str`), without its CPU."""
-    try:
-        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME).decode()
-    except TypeError:
-        return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def loads(content: bytes | str) -> Any:
-    """Decode an answer; raises `ValueError` when it is not JSON (NaN/Infinity accepted, as by `json`)."""
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return json.loads(content)
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}

@@ -38,7 +38,7 @@ from agent_pipelines.batch.resume import ShardResume
 from agent_pipelines.catalog.model import AgentSpecBase, TaskSpec
 from agent_pipelines.catalog.templates import TemplateProblem, render
 from agent_pipelines.agents.pool import AgentConnection, AgentPool
-from agent_pipelines.agents.transport import dumps_text, loads
+from agent_pipelines.json_codec import dumps_text, loads
 from agent_pipelines.scheduling.retries import retry_delay
 from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
