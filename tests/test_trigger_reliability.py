@@ -175,10 +175,17 @@ def test_sigkill_of_the_daemon_and_its_runs(platform) -> None:
                 (m.strftime("%H:%M:%S"), executions[k].status, "catchup" if k in caught_up else "")
                 for k, m in zip(keys, window)
             ]
-            assert len(caught_up) == 1, (
-                f"policy latest: one catch-up per outage, got {caught_up}; crash {crashed_at:.1f} "
-                f"restart {restarted_at:.1f}: {timeline}"
-            )
+            why = f"crash {crashed_at:.1f} restart {restarted_at:.1f}: {timeline}"
+            # the kill's outage gets exactly one catch-up; a loaded machine may stall the new
+            # daemon's run past the grace once more, and that gap then gets its own one
+            of_the_kill = [k for k in caught_up if crashed_at < _due(k).timestamp() <= restarted_at + 10]
+            assert len(of_the_kill) == 1, f"policy latest: one catch-up for the outage, got {caught_up}; {why}"
+            for key in caught_up:
+                at = keys.index(key)
+                assert at > 0 and statuses[at - 1] == "missed", f"policy latest: a catch-up only after misses: {why}"
+            for earlier, later in zip(caught_up, caught_up[1:]):
+                between = statuses[keys.index(earlier) + 1 : keys.index(later)]
+                assert "succeeded" in between, f"policy latest: one catch-up per gap of misses: {why}"
         else:
             assert set(outage_statuses) == {"missed"}, "policy skip: nothing of the outage runs"
             assert caught_up == []
