@@ -57,7 +57,7 @@ class DemoAgentConfig:
     token: str | None = None  # when set, agent endpoints require `Authorization: Bearer <token>`
     model: str = "demo-model"
     log_limit: int = 10_000  # received requests kept in the log (oldest dropped first)
-    #: sessions and idempotency keys remembered (oldest forgotten first), as a real agent keeps
+    #: sessions and idempotency keys remembered (least recently used forgotten first), as a real agent keeps
     #: them for a while: without a bound a long batch makes the demo agent slower and bigger
     memory_limit: int = 50_000
     capacity: int | None = None  # requests worked on at once; None: unbounded
@@ -197,6 +197,7 @@ class DemoAgentState:
     def next_turn(self, session_id: str) -> int:
         """Called inside an execution (under the lock)."""
         turn = self.sessions[session_id] = self.sessions.get(session_id, 0) + 1
+        self.sessions.move_to_end(session_id)  # a conversation in use is not the one forgotten
         forget_oldest(self.sessions, self.config.memory_limit)
         return turn
 

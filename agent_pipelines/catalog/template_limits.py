@@ -315,14 +315,7 @@ def render_bounded(env: BoundedEnvironment, source: str) -> Callable[[dict[str, 
     `template_substitution`)."""
     substitute = substitution(env, env.parse(source))
     if substitute is not None:
-
-        def render_substituted(context: dict[str, Any]) -> str:
-            text = substitute(context)
-            if len(text) > MAX_OUTPUT_CHARS:
-                raise TemplateLimit(f"the rendered text exceeds {MAX_OUTPUT_CHARS:,} characters")
-            return text
-
-        return render_substituted
+        return lambda context: collect((substitute(context),))
     template = env.from_string(source)
 
     def render(context: dict[str, Any]) -> str:
