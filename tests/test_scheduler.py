@@ -340,3 +340,47 @@ def test_a_run_whose_process_is_gone_is_settled_at_once_not_after_the_silence(ca
     assert store.get_execution("unsent").status == "not_sent"
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
     assert store.get_execution("alive-key").status == "claimed"
+
+
+@pytest.mark.parametrize("alive", [True, False], ids=["beating", "process gone"])
+def test_a_dead_catchup_run_does_not_hold_back_the_next(catalog, store, instance, alive: bool) -> None:
+    """A catch-up run that died STARTED holding nothing (killed between executions, or crashed
+    while the database was down) is failed, and the next catch-up run is requested at once."""
+    import subprocess
+
+    from agent_pipelines.process_identity import identity_of
+
+    victim = subprocess.Popen(["sleep", "60"])
+    catchup = instance.add_run(dg.DagsterRun(job_name="catchup_tasks_job", status=dg.DagsterRunStatus.STARTED))
+    store.beat(catchup.run_id, identity_of(os.getpid() if alive else victim.pid))
+    victim.kill()
+    victim.wait()
+    ended = instance.add_run(dg.DagsterRun(job_name="scheduled_tasks_job", status=dg.DagsterRunStatus.FAILURE))
+    _held(store, ended.run_id)  # what it held waits for a carrier
+
+    requests, _ = _scheduler(catalog, store).tick(*_now_quietly(), instance)
+    catchups = [r for r in requests if r.job_name == "catchup_tasks_job"]
+    if alive:
+        assert catchups == [], "one catch-up run at a time"
+        assert instance.get_run_by_id(catchup.run_id).status == dg.DagsterRunStatus.STARTED
+    else:
+        assert len(catchups) == 1
+        assert instance.get_run_by_id(catchup.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+def test_a_catchup_run_whose_launch_was_lost_is_replaced(catalog, store, instance) -> None:
+    """Killed with the daemon while STARTING, a catch-up run never starts: after
+    CATCHUP_START_TIMEOUT it is failed and the next one requested (Dagster's own start timeout
+    would hold every catch-up back twice as long)."""
+    from agent_pipelines.scheduling.scheduler import CATCHUP_START_TIMEOUT
+
+    catchup = instance.add_run(dg.DagsterRun(job_name="catchup_tasks_job", status=dg.DagsterRunStatus.STARTING))
+    ended = instance.add_run(dg.DagsterRun(job_name="scheduled_tasks_job", status=dg.DagsterRunStatus.FAILURE))
+    _held(store, ended.run_id)
+    cursor, now = _now_quietly()
+    requests, cursor = _scheduler(catalog, store).tick(cursor, now, instance)
+    assert [r for r in requests if r.job_name == "catchup_tasks_job"] == [], "still starting: waited for"
+    later = now + CATCHUP_START_TIMEOUT + dt.timedelta(seconds=5)
+    requests, _ = _scheduler(catalog, store).tick(cursor, later, instance)
+    assert len([r for r in requests if r.job_name == "catchup_tasks_job"]) == 1
+    assert instance.get_run_by_id(catchup.run_id).status == dg.DagsterRunStatus.FAILURE

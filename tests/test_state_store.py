@@ -85,7 +85,10 @@ def test_heartbeats_and_what_an_ended_run_leaves(store_url: str) -> None:
         time.sleep(0.3)
         assert store.last_beats(["r-alive", "r-other"])["r-alive"] > first
         assert "r-other" not in store.last_beats(["r-alive", "r-other"])
-    assert store.last_beats(["r-alive"]) == {}, "a run that ends cleanly leaves no heartbeat behind"
+    last = store.last_beats(["r-alive"])["r-alive"]
+    assert last > first, "a run that ends leaves its last beat: it is not silent while its step ends"
+    assert store.prune_beats(last) == 0 and store.prune_beats(last + dt.timedelta(seconds=1)) == 1
+    assert store.last_beats(["r-alive"]) == {}
 
     now = utcnow()
     store.claim([_claim(key, "r-dead") for key in ("in-flight", "done", "unsent", "waiting")] + [_claim("elsewhere", "r-alive")])

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from agent_pipelines.process_identity import is_gone as worker_gone
-from agent_pipelines.scheduling.heartbeat import SILENT_AFTER_S
+from agent_pipelines.scheduling.liveness import dead_started_runs, fail_dead_runs
 from agent_pipelines.store import StateStore
 
 
@@ -25,9 +24,8 @@ def settle_ended_runs(
     if not held:
         return []
     records = {r.dagster_run.run_id: r for r in instance.get_run_records(dg.RunsFilter(run_ids=list(held)))}
-    beats = store.last_beats(list(held))
-    workers = store.beat_workers(list(held))
-    silent_since = now - dt.timedelta(seconds=SILENT_AFTER_S)
+    dead = dead_started_runs(store, list(records.values()), now)
+    fail_dead_runs(instance, store, list(records.values()), dead)
     settled_runs: list[tuple[str, str, int]] = []
     for run_id in held:
         record = records.get(run_id)
@@ -38,19 +36,11 @@ def settle_ended_runs(
             why = f"its run ended ({record.dagster_run.status.value.lower()})"
         elif record.dagster_run.status == dg.DagsterRunStatus.SUCCESS:
             why = "its run ended before recording it"
-        elif record.dagster_run.status == dg.DagsterRunStatus.STARTED:
-            beat = beats.get(run_id)
-            started = record.start_time
-            if worker_gone(workers.get(run_id)):
-                why = f"its run's process ({workers[run_id]}) is gone: killed"
-            elif (beat is not None and beat < silent_since) or (beat is None and started is not None and started < silent_since.timestamp()):
-                why = f"its run fell silent (no heartbeat for {SILENT_AFTER_S:g} s: killed, or its machine lost)"
-            if why is not None:
-                instance.report_run_failed(record.dagster_run, f"agent_pipelines: {why}")
+        elif run_id in dead:
+            why = dead[run_id]
         if why is None:
             continue
         settled = store.release_run(run_id, why)
-        store.forget_beats([run_id])
         if settled:
             settled_runs.append((run_id, why, len(settled)))
     return settled_runs

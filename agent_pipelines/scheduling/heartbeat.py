@@ -46,12 +46,11 @@ class RunHeartbeat:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        # A last beat, not a deleted row: the run still ends its step and itself after carrying,
+        # and must not pass for silent meanwhile. The scheduler prunes old beats.
         self._stop.set()
         self._thread.join(timeout=10)
-        try:
-            self.store.forget_beats([self.run_id])
-        except Exception:  # noqa: BLE001 - a leftover row only makes a finished run look silent
-            self.log.warning("could not clear the heartbeat of run %s", self.run_id, exc_info=True)
+        self._beat()
 
     def _beat_until_stopped(self) -> None:
         while not self._stop.wait(self.every_s):

@@ -36,9 +36,8 @@ from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.grouping import op_of
 from agent_pipelines.kubernetes_config import run_tags as kubernetes_run_tags
 from agent_pipelines.kubernetes_config import task_block
-from agent_pipelines.process_identity import is_gone as worker_gone
 from agent_pipelines.scheduling.ended_runs import settle_ended_runs
-from agent_pipelines.scheduling.heartbeat import SILENT_AFTER_S
+from agent_pipelines.scheduling.liveness import dead_started_runs, fail_dead_runs, stalled_starts
 from agent_pipelines.scheduling.planning import (
     LEAD,
     WINDOW,
@@ -68,6 +67,12 @@ RESCUE_AFTER = dt.timedelta(seconds=3)
 DOWN_AFTER = dt.timedelta(seconds=30)
 #: Results recorded this long ago but never shown in Dagster are reported by the scheduler.
 REPUBLISH_AFTER = dt.timedelta(seconds=30)
+#: Run heartbeats are kept this long (a run silent longer is dead either way), pruned this often.
+BEATS_KEPT = dt.timedelta(hours=1)
+BEAT_PRUNE_EVERY = dt.timedelta(minutes=5)
+#: A catch-up run STARTING longer than this lost its launch (killed with the daemon that made
+#: it); it is failed so the next one can start (Dagster's own start timeout is longer).
+CATCHUP_START_TIMEOUT = dt.timedelta(seconds=45)
 LIVE_PRIORITY = "10"
 CATCHUP_PRIORITY = "-10"
 WAITING = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING)
@@ -164,6 +169,7 @@ class Scheduler:
         requests += self._catchup_run(instance, now)
         requests += self._run_now(instance)
         self.report.republished = self._republish(instance, now)
+        self._prune_beats(cursor, now)
         cursor.last_tick = now
         unique = {request.run_key: request for request in requests}
         return list(unique.values()), cursor
@@ -254,7 +260,7 @@ class Scheduler:
         for window in cursor.windows:
             until = min(window + WINDOW, now - RESCUE_AFTER)
             if until <= window:
-                if not self._ended_early(instance, window):
+                if not self._ended_early(instance, window, now):
                     continue
                 until = window + WINDOW  # ahead of time: the whole window
             carried = self._carried_in(instance, window, now)
@@ -273,28 +279,27 @@ class Scheduler:
                 requests += self._window_requests(window, stranded, paused, rescue=format_due(now))
         return requests
 
-    def _ended_early(self, instance: dg.DagsterInstance, start: dt.datetime) -> bool:
-        """A run of this (future) window has already ended: failed or canceled."""
-        ended = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
-        return bool(instance.get_run_records(dg.RunsFilter(tags={tags.WINDOW_START: format_due(start)}, statuses=ended), limit=1))
+    def _ended_early(self, instance: dg.DagsterInstance, start: dt.datetime, now: dt.datetime) -> bool:
+        """A run of this (future) window has already ended: failed, canceled, or died STARTED
+        (killed with its machine while it waited for the window; failed here)."""
+        statuses = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.STARTED]
+        records = instance.get_run_records(dg.RunsFilter(tags={tags.WINDOW_START: format_due(start)}, statuses=statuses), limit=100)
+        dead = dead_started_runs(self.store, records, now)
+        fail_dead_runs(instance, self.store, records, dead)
+        return len(dead) > 0 or any(r.dagster_run.status != dg.DagsterRunStatus.STARTED for r in records)
 
     def _carried_in(self, instance: dg.DagsterInstance, start: dt.datetime, now: dt.datetime) -> set[str] | None:
         """The tasks a live run of the window carries; None when a run of it is still on its way
-        (queued or starting)."""
+        (queued or starting). Dead runs of the window are failed."""
         records = instance.get_run_records(dg.RunsFilter(tags={tags.WINDOW_START: format_due(start)}, statuses=list(UNFINISHED)), limit=100)
         if any(r.dagster_run.status != dg.DagsterRunStatus.STARTED for r in records):
             return None
-        beats = self.store.last_beats([r.dagster_run.run_id for r in records])
-        workers = self.store.beat_workers([r.dagster_run.run_id for r in records])
-        fresh = now - dt.timedelta(seconds=SILENT_AFTER_S)
+        dead = dead_started_runs(self.store, records, now)
+        fail_dead_runs(instance, self.store, records, dead)
         carried: set[str] = set()
         for record in records:
             run = record.dagster_run
-            beat = beats.get(run.run_id)
-            started = record.start_time or 0.0
-            if worker_gone(workers.get(run.run_id)):
-                continue
-            if (beat is not None and beat >= fresh) or (beat is None and started >= fresh.timestamp()):
+            if run.run_id not in dead:
                 config = run.run_config.get("ops", {}).get("send_scheduled_tasks", {}).get("config", {})
                 carried.update(config.get("tasks") or [t.name for t in timed_tasks(self.catalog)])
         return carried
@@ -409,7 +414,7 @@ class Scheduler:
         waiting = [e for e in self.store.waiting_for_carrier(now, now + dt.timedelta(seconds=60), limit=1000) if worth_carrying(self.catalog, e, now)]
         if not waiting:
             return []
-        if instance.get_runs(dg.RunsFilter(job_name=CATCHUP_JOB, statuses=list(UNFINISHED)), limit=1):
+        if self._catchup_run_alive(instance, now):
             return []
         names = sorted({e.task for e in waiting})
         return [
@@ -425,6 +430,17 @@ class Scheduler:
                 },
             )
         ]
+
+    def _catchup_run_alive(self, instance: dg.DagsterInstance, now: dt.datetime) -> bool:
+        """A catch-up run is on its way or running. One that died (STARTED, or STARTING with its
+        launch lost) is failed here, or it would hold back every catch-up until Dagster's run
+        monitoring gave up on it."""
+        records = instance.get_run_records(dg.RunsFilter(job_name=CATCHUP_JOB, statuses=list(UNFINISHED)), limit=10)
+        dead = dead_started_runs(self.store, records, now) | stalled_starts(records, now, CATCHUP_START_TIMEOUT)
+        if dead:
+            log.warning("catch-up run(s) dead, failing them: %s", dead)
+            fail_dead_runs(instance, self.store, records, dead)
+        return len(records) > len(dead)
 
     # -- 6. run now, lost publications ------------------------------------------------------------
 
@@ -459,6 +475,12 @@ class Scheduler:
             )
         self.store.mark_run_requests_launched(launched)
         return requests
+
+    def _prune_beats(self, cursor: SchedulerCursor, now: dt.datetime) -> None:
+        """Every few minutes, forget run heartbeats old enough to say nothing any more."""
+        period = BEAT_PRUNE_EVERY.total_seconds()
+        if cursor.last_tick is None or now.timestamp() // period != cursor.last_tick.timestamp() // period:
+            self.store.prune_beats(now - BEATS_KEPT)
 
     def _republish(self, instance: dg.DagsterInstance, now: dt.datetime) -> int:
         """Results in the store that never reached Dagster (their run died in between) are

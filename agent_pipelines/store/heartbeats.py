@@ -27,6 +27,12 @@ class RunHeartbeats(StoreBase):
         with self.engine.begin() as conn:
             conn.execute(table.delete().where(table.c.run_id.in_(list(run_ids))))
 
+    def prune_beats(self, before: dt.datetime) -> int:
+        """Forget beats older than `before` (their runs ended, or were judged dead, long ago)."""
+        table = schema.run_heartbeats
+        with self.engine.begin() as conn:
+            return conn.execute(table.delete().where(table.c.beat_at < before)).rowcount
+
     def last_beats(self, run_ids: Sequence[str]) -> dict[str, dt.datetime]:
         table = schema.run_heartbeats
         found: dict[str, dt.datetime] = {}
