@@ -15,10 +15,12 @@ from agent_pipelines.agents.limiter import ConcurrencyGate, GradientLimiter, Lim
 from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.scheduling.admission import (
     SATURATED,
+    STILL_RUNNING,
     SUPERSEDED,
     Admission,
     Refusal,
     deadline_for,
+    still_running,
 )
 from agent_pipelines.scheduling.clock import ManualClock
 from agent_pipelines.scheduling.triggers import Trigger
@@ -186,3 +188,18 @@ def test_latest_only_needs_a_recurring_schedule() -> None:
     with pytest.raises(ValueError, match="recurring `schedule`"):
         TaskSpec.model_validate({"name": "evt", "owner": "team:ops", "agent": "claw", "prompt": "p", "overload": "latest_only"})
     assert task("cron", overload="latest_only", schedule="*/5 * * * *").overload == "latest_only"
+    with pytest.raises(ValueError, match="skip_while_running.*recurring `schedule`"):
+        task("once", overload="skip_while_running", schedule={"at": "2026-12-01T09:00:00+00:00"})
+
+
+def test_skip_while_running_skips_a_due_time_while_an_earlier_one_is_in_flight() -> None:
+    spec = task("poll", overload="skip_while_running")
+    newer = due(spec, 10)
+    earlier = newer.key.replace("12:00:10", "12:00:00")
+    now = T0 + dt.timedelta(seconds=10.5)
+    refusal = still_running(newer, {earlier: T0, newer.key: None}, now)
+    assert refusal is not None and refusal.status == status.SKIPPED
+    assert refusal.reason == f"{STILL_RUNNING}: its due time 2026-12-01T12:00:00.000Z has been in flight for 10.5 s (overload: skip_while_running)"
+    assert still_running(newer, {newer.key: T0}, now) is None, "its own attempt is not an earlier one"
+    assert still_running(due(spec, 10, retry_number=1), {earlier: T0}, now) is None, "a retry is not a new due time"
+    assert still_running(due(task("poll", overload="latest_only"), 10), {earlier: T0}, now) is None

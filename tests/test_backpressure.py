@@ -24,13 +24,13 @@ from agent_pipelines.composition import build_definitions
 from agent_pipelines.demo_agent import DemoAgentConfig, RunningDemoAgent, run_in_thread
 from agent_pipelines.lifecycle.report import agent_rows
 from agent_pipelines.scheduling import event_loop
-from agent_pipelines.scheduling.admission import SATURATED, SUPERSEDED
+from agent_pipelines.scheduling.admission import SATURATED, STILL_RUNNING, SUPERSEDED
 from agent_pipelines.scheduling.dispatcher import Dispatcher
 from agent_pipelines.scheduling.load import SATURATED_FOR, agent_loads, summarize
 from agent_pipelines.scheduling.load_publication import NOT_SATURATED_CHECK
 from agent_pipelines.scheduling.plans import window_plan
 from agent_pipelines.scheduling.publication import agent_asset_key
-from agent_pipelines.store import StateStore, status
+from agent_pipelines.store import Claim, StateStore, status
 from tests.conftest import TEST_TOKEN, sensor_context, write_catalog
 
 UTC = dt.timezone.utc
@@ -161,3 +161,35 @@ def test_batch_and_judge_calls_share_the_agents_learned_limit(tmp_path: Path, de
 
     before, after, in_flight = event_loop.run(calls())
     assert before == MAX_CONCURRENCY and after < MAX_CONCURRENCY and in_flight == 0
+
+
+def test_skip_while_running_keeps_one_execution_of_a_task_in_flight(tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`overload: skip_while_running` (as OpenClaw's and Hermes' own cron do, but recorded): a due
+    time is skipped while an earlier one of its task is in flight, in this run or in another."""
+    monkeypatch.setenv("DEMO_AGENT_TOKEN", TEST_TOKEN)
+    with run_in_thread(DemoAgentConfig(token=TEST_TOKEN, latency_ms=2500)) as agent:
+        tasks = (
+            "tasks:\n"
+            "  - {name: poll, owner: ops, agent: slow, prompt: 'poll {{ due_time.isoformat() }}', schedule: {every: 1s}, overload: skip_while_running}\n"
+            "  - {name: held, owner: ops, agent: slow, prompt: 'held {{ due_time.isoformat() }}', schedule: {every: 1s}, overload: skip_while_running}\n"
+        )
+        catalog = load_catalog(write_catalog(tmp_path / "catalog", agent.url, tasks, SLOW_AGENT.format(url=agent.url)))
+        assert catalog.ok, catalog.problems
+        store = StateStore.for_instance(instance)
+        # `held` has a request in flight in another run (still `sending`): none of its due times here go.
+        store.claim([Claim("held-elsewhere", "held", "slow", "other-run", "schedule", None, "v")])
+        store.start_attempts(["held-elsewhere"], "other-run", dt.datetime.now(UTC))
+        start = dt.datetime.fromtimestamp(int(time.time()) + 2, UTC)
+        plan = window_plan(catalog, store, start, start + dt.timedelta(seconds=6), None, dt.datetime.now(UTC))
+        dispatcher = Dispatcher(catalog=catalog, store=store, run_id="run-swr", publish=lambda _p: None)
+        event_loop.run(dispatcher.run(plan))
+        sent = sorted(r.received_at for r in agent.requests() if "poll" in r.body["messages"][-1]["content"])
+
+    polls = sorted(store.executions_for_task("poll"), key=lambda e: e.due_time)
+    assert len(polls) == 6 and {e.status for e in polls} == {status.SUCCEEDED, status.SKIPPED}
+    skipped = [e for e in polls if e.status == status.SKIPPED]
+    assert all(e.reason.startswith(f"{STILL_RUNNING}: its due time 20") and "skip_while_running" in e.reason for e in skipped), skipped[0].reason
+    assert 2 <= len(sent) <= 3, "one every ~2.5 s answer, none while the previous is in flight"
+    assert all(later - earlier >= 2.4 for earlier, later in zip(sent, sent[1:])), sent
+    held = [e for e in store.executions_for_task("held") if e.idempotency_key != "held-elsewhere"]
+    assert len(held) == 6 and all(e.status == status.SKIPPED and "held-elsewhere" in e.reason for e in held), [e.reason for e in held]

@@ -527,9 +527,10 @@ class TaskSpec(Spec):
     variables: dict[str, Any] = Field(default_factory=dict)
     schedule: Annotated[ScheduleSpec | None, BeforeValidator(_schedule_shorthand)] = None
     misfire: MisfirePolicySpec = Field(default_factory=MisfirePolicySpec)
-    overload: Literal["all", "latest_only"] = Field(
+    overload: Literal["all", "latest_only", "skip_while_running"] = Field(
         default="all",
-        description="while its agent is saturated: `latest_only` lets a newer due time replace a waiting older one",
+        description="while its agent is saturated: `latest_only` lets a newer due time replace a waiting older one; "
+        "`skip_while_running` also skips a due time while an earlier one of the task is still in flight",
     )
     priority: int = Field(default=0, ge=-100, le=100, description="higher goes first when its agent is saturated")
     events: list[EventSubscriptionSpec] = Field(default_factory=list)
@@ -644,8 +645,8 @@ class TaskSpec(Spec):
 
     @model_validator(mode="after")
     def _latest_only_needs_a_period(self) -> TaskSpec:
-        if self.overload == "latest_only" and (self.schedule is None or isinstance(self.schedule, OneShotScheduleSpec) or self.items is not None):
-            raise ValueError("`overload: latest_only` replaces older due times with newer ones: it needs a recurring `schedule` (cron or every)")
+        if self.overload != "all" and (self.schedule is None or isinstance(self.schedule, OneShotScheduleSpec) or self.items is not None):
+            raise ValueError(f"`overload: {self.overload}` replaces older due times with newer ones: it needs a recurring `schedule` (cron or every)")
         return self
 
     @model_validator(mode="after")

@@ -10,7 +10,10 @@ the execution is recorded `skipped` ("agent saturated", with the queue and the a
 a retry that could not be sent is `failed` with the same reason. A task with `overload:
 latest_only` keeps at most one due time waiting: a newer one takes its place in the queue
 (so a task that is always superseded is not always last) and the older one is `skipped`,
-"superseded"; also when the newer one was claimed by another run.
+"superseded"; also when the newer one was claimed by another run. `overload: skip_while_running`
+does the same and also skips a due time while an earlier one of the task is in flight (in any
+run): one execution of the task at a time, as OpenClaw's and Hermes' own cron and Kubernetes'
+`concurrencyPolicy: Forbid` do, but recorded `skipped` ("still running") instead of silently.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from agent_pipelines.store import status
 #: How every refusal for saturation starts (notifications and tests look for it).
 SATURATED = "agent saturated"
 SUPERSEDED = "superseded"
+STILL_RUNNING = "still running"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,20 @@ class _Waiting:
     kicked: asyncio.Future[str] = field(repr=False)  # resolved with a reason to stop waiting
 
 
+def still_running(item: WorkItem, sending: Mapping[str, dt.datetime | None], now: dt.datetime) -> Refusal | None:
+    """Why a `skip_while_running` due time is skipped: another execution of its task is in
+    flight (`sending`: key -> when it left, of any run). None: it may go on."""
+    if item.task.overload != "skip_while_running" or item.retry_number > 0:
+        return None
+    others = {key: at for key, at in sending.items() if key != item.key}
+    if not others:
+        return None
+    key, at = min(others.items(), key=lambda pair: pair[1] or now)
+    since = f" for {(now - at).total_seconds():.1f} s" if at is not None else ""
+    earlier = f"its due time {key.split(':schedule:', 1)[1]}" if ":schedule:" in key else f"its execution {key}"
+    return Refusal(status.SKIPPED, f"{STILL_RUNNING}: {earlier} has been in flight{since} (overload: skip_while_running)")
+
+
 def deadline_for(item: WorkItem) -> tuple[float, str]:
     """Until when an execution may wait for its agent, and why then."""
     grace = item.task.misfire.grace
@@ -64,7 +82,7 @@ class Admission:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._waiting: dict[str, list[_Waiting]] = {}  # agent -> waiters
-        self._latest: dict[str, _Waiting] = {}  # latest_only task -> its waiting due time
+        self._latest: dict[str, _Waiting] = {}  # latest_only / skip_while_running task -> its waiting due time
         self.skipped: dict[str, int] = {}  # agent -> executions that waited past their deadline
         self.last_skip_at: dict[str, dt.datetime] = {}
 
@@ -111,7 +129,7 @@ class Admission:
         for task, due in newest_due.items():
             waiting = self._latest.get(task)
             if waiting is not None and waiting.item.due_time is not None and due > waiting.item.due_time:
-                self._kick(waiting, _superseded_reason(due, waiting.agent))
+                self._kick(waiting, _superseded_reason(due, waiting.item, waiting.agent))
 
     def latest_only_waiting(self) -> list[str]:
         return sorted(self._latest)
@@ -129,14 +147,14 @@ class Admission:
 
     def _supersede(self, item: WorkItem, agent: str) -> Refusal | _Waiting | None:
         """Why `item` is superseded itself, or the older waiter it replaces (None: neither)."""
-        if item.task.overload != "latest_only" or item.due_time is None:
+        if item.task.overload == "all" or item.due_time is None:
             return None
         waiting = self._latest.get(item.task.name)
         if waiting is None or waiting.item.due_time is None:
             return None
         if waiting.item.due_time >= item.due_time:  # a newer one already waits (a late retry)
-            return Refusal(self._final(item, status.SKIPPED), _superseded_reason(waiting.item.due_time, agent))
-        self._kick(waiting, _superseded_reason(item.due_time, agent))
+            return Refusal(self._final(item, status.SKIPPED), _superseded_reason(waiting.item.due_time, item, agent))
+        self._kick(waiting, _superseded_reason(item.due_time, waiting.item, agent))
         return waiting
 
     def _kick(self, waiting: _Waiting, reason: str) -> None:
@@ -145,7 +163,7 @@ class Admission:
 
     def _add(self, waiting: _Waiting) -> None:
         self._waiting.setdefault(waiting.agent, []).append(waiting)
-        if waiting.item.task.overload == "latest_only" and waiting.item.due_time is not None:
+        if waiting.item.task.overload != "all" and waiting.item.due_time is not None:
             self._latest[waiting.item.task.name] = waiting
 
     def _remove(self, waiting: _Waiting) -> None:
@@ -174,8 +192,8 @@ class Admission:
         )
 
 
-def _superseded_reason(newer: dt.datetime, agent: str) -> str:
+def _superseded_reason(newer: dt.datetime, waiting: WorkItem, agent: str) -> str:
     return (
         f"{SUPERSEDED}: a newer due time of this task ({newer.isoformat(timespec='seconds')}) replaced it "
-        f"while it waited for {agent} (overload: latest_only)"
+        f"while it waited for {agent} (overload: {waiting.task.overload})"
     )

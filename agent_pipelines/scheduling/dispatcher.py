@@ -38,7 +38,7 @@ from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.checks import CheckOutcome, Judged, judge_verdict, local_checks
 from agent_pipelines.prompts.registry import PromptRegistry
 from agent_pipelines.lifecycle.gate import LifecycleGate
-from agent_pipelines.scheduling.admission import Admission, Refusal
+from agent_pipelines.scheduling.admission import Admission, Refusal, still_running
 from agent_pipelines.scheduling.agent_health import HealthGate
 from agent_pipelines.scheduling.attempts import AttemptMarker
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK, Clock
@@ -145,6 +145,7 @@ class Dispatcher:
         self.summary = Summary()
         self.spans = ExecutionSpans(run_id)
         self.admission = Admission(clock)
+        self._sending: dict[str, dict[str, dt.datetime]] = {}  # task -> its keys in flight in this run: when marked
         self.load = LoadBoard(store, run_id, clock, self.admission, self.log)
         self._heap: list[tuple[float, int, WorkItem]] = []
         self._order = itertools.count()
@@ -383,6 +384,10 @@ class Dispatcher:
             except AgentCallError as error:
                 self._finish(Finished(item, status.FAILED, problem=error, reason="nothing was sent", version=attempt.version))
                 return
+            refusal = await self._still_running(item)
+            if refusal is not None:
+                self._finish(Finished(item, refusal.status, reason=refusal.reason, version=attempt.version))
+                return
             gate = self.load.track(agent, connection.gate)
             admitted = await self.admission.enter(item, agent, gate)
             if isinstance(admitted, Refusal):
@@ -402,6 +407,7 @@ class Dispatcher:
                         self.log.info(f"{item.task.name}: {item.trigger.ref} is no longer this run's to send")
                         return
                     attempt.number = number
+                    self._sending.setdefault(item.task.name, {})[item.key] = self.clock.now()
                     await self.clock.sleep_until(item.fire_at)  # never early
                     attempt.sent_at = self.clock.now()
                     gate.sending(permit)
@@ -416,6 +422,7 @@ class Dispatcher:
                     attempt.answered_at = self.clock.now()
                     outcome = outcome_of(attempt.error.kind if attempt.error is not None else None)
             finally:
+                self._sending.get(item.task.name, {}).pop(item.key, None)
                 gate.release(permit, outcome, _latency_s(attempt) if outcome == "ok" else None)
         except asyncio.CancelledError:
             if left:
@@ -430,6 +437,19 @@ class Dispatcher:
             self._finish(Finished(item, state, attempt=attempt if left else None, reason=f"platform error: {exc!r}"))
             return
         self._conclude(attempt)
+
+    async def _still_running(self, item: WorkItem) -> Refusal | None:
+        """For `overload: skip_while_running`: why this due time is skipped (an earlier one of its
+        task is in flight, in this run or another), or None."""
+        if item.task.overload != "skip_while_running" or item.retry_number > 0:
+            return None
+        now = self.clock.now()
+        sending: dict[str, dt.datetime | None] = dict(self._sending.get(item.task.name, {}))
+        refusal = still_running(item, sending, now)
+        if refusal is None:
+            sending = await asyncio.to_thread(self.store.sending_of_task, item.task.name, self.run_id)
+            refusal = still_running(item, sending, now)
+        return refusal
 
     # -- after the answer -------------------------------------------------------------------------
 

@@ -517,6 +517,17 @@ class ExecutionRecords(StoreBase):
     def executions_with_status(self, wanted: str, limit: int = 1000) -> list[Execution]:
         return self._executions(schema.executions.c.status == wanted, limit=limit)
 
+    def sending_of_task(self, task: str, other_than_run: str = "") -> dict[str, dt.datetime | None]:
+        """Idempotency key -> when it was sent, for `task`'s executions in flight in other runs."""
+        table = schema.executions
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(table.c.idempotency_key, table.c.sent_at).where(
+                    table.c.status == status.SENDING, table.c.task == task, table.c.run_id != other_than_run
+                )
+            ).all()
+        return {row.idempotency_key: aware(row.sent_at) if row.sent_at else None for row in rows}
+
     def statuses(self, keys: Sequence[str]) -> dict[str, str]:
         """Status of each key that has a row (claimed or executed)."""
         table = schema.executions
