@@ -9,10 +9,10 @@ seconds: the model serves 1/latency requests a second, about half of what is off
 "*/P * * * * *" --exact`, isolated sessions, no delivery), all every `--period` seconds, due at
 the same instants. The agent_pipelines tasks go through the real dispatcher (one run per
 minute window, created ahead and overlapping like the scheduler's window runs, on a SQLite
-store) to the gateway's `/v1/chat/completions`, with `overload: latest_only` and the default
-misfire grace (60 s). Every prompt carries a marker: agent_pipelines' names the task and the due
-time, the cron job's names the job (its due time is the slot its run started in, from the
-gateway's run history).
+store) to the gateway's `/v1/chat/completions`, with each `--overload` in turn (`latest_only`,
+`skip_while_running`: one measured run each) and the default misfire grace (60 s). Every
+prompt carries a marker: agent_pipelines' names the task and the due time, the cron job's names
+the job (its due time is the slot its run started in, from the gateway's run history).
 
 Per due time in the measured window: when it reached the model (the fake LLM began on it),
 whether it completed, was skipped with a recorded reason, or was lost (nothing reached the
@@ -92,7 +92,7 @@ def _pct(values: list[float], q: float) -> float:
 # -- the agent_pipelines side ------------------------------------------------------------------
 
 
-def _catalog(directory: Path, gateway: RunningOpenClaw, run: str, tasks: int, period: int, max_concurrency: int, fixed: bool) -> Catalog:
+def _catalog(directory: Path, gateway: RunningOpenClaw, run: str, tasks: int, period: int, max_concurrency: int, fixed: bool, overload: str) -> Catalog:
     directory.mkdir(parents=True, exist_ok=True)
     lines = [
         "agents:",
@@ -111,7 +111,7 @@ def _catalog(directory: Path, gateway: RunningOpenClaw, run: str, tasks: int, pe
             "    agent: claw",
             f"    schedule: {{cron: '*/{period} * * * * *'}}",
             f"    misfire: {{grace: {'3600s' if fixed else '60s'}}}",
-            f"    overload: {'all' if fixed else 'latest_only'}",
+            f"    overload: {'all' if fixed else overload}",
             f"    prompt: 'bpap-{run}-{i} due {{{{ due_time.isoformat() }}}} -- one line of status, please.'",
         ]
     (directory / "catalog.yaml").write_text("\n".join(lines) + "\n")
@@ -276,14 +276,16 @@ def _platform(llm_latency: float) -> Iterator[tuple[RunningFakeLlm, RunningOpenC
             yield llm, gateway
 
 
-def measure(llm: RunningFakeLlm, gateway: RunningOpenClaw, workdir: Path, *, run: str, tasks: int, period: int, minutes: float, fixed: bool, drain_s: float) -> tuple[Side, Side, dict[str, Any]]:
+def measure(
+    llm: RunningFakeLlm, gateway: RunningOpenClaw, workdir: Path, *, run: str, tasks: int, period: int, minutes: float, fixed: bool, drain_s: float, overload: str
+) -> tuple[Side, Side, dict[str, Any]]:
     store = StateStore.for_url(f"sqlite:///{workdir / f'{run}.db'}")
-    catalog = _catalog(workdir / f"catalog-{run}", gateway, run, tasks, period, max_concurrency=tasks, fixed=fixed)
+    catalog = _catalog(workdir / f"catalog-{run}", gateway, run, tasks, period, max_concurrency=tasks, fixed=fixed, overload=overload)
     ids = _add_cron_jobs(gateway, run, tasks, period)
     now = time.time()
     start = dt.datetime.fromtimestamp((now + RUN_LEAD_S + 15) // 60 * 60 + 60, UTC)
     end = start + dt.timedelta(minutes=minutes)
-    print(f"[{run}] measuring {start:%H:%M:%S}-{end:%H:%M:%S} UTC ({'no back-pressure' if fixed else 'back-pressure'})", flush=True)
+    print(f"[{run}] measuring {start:%H:%M:%S}-{end:%H:%M:%S} UTC ({'no back-pressure' if fixed else f'back-pressure, overload: {overload}'})", flush=True)
     stop = threading.Event()
     enabler = threading.Timer(max(0.0, start.timestamp() - period / 2 - time.time()), _all_at_once, (gateway, "enable", ids))
     enabler.start()
@@ -298,7 +300,7 @@ def measure(llm: RunningFakeLlm, gateway: RunningOpenClaw, workdir: Path, *, run
     while time.time() < deadline and any(c.finished_at is None for c in llm.calls()):
         time.sleep(1)
     calls = llm.calls()
-    ap = _ap_side("agent_pipelines" + (" (no back-pressure)" if fixed else ""), store, catalog, calls, run, start, end)
+    ap = _ap_side("agent_pipelines" + (" (no back-pressure)" if fixed else f" ({overload})"), store, catalog, calls, run, start, end)
     gw = _gw_side(gateway, ids, calls, run, start, end, period)
     for job_id in ids:
         gateway.cli("cron", "rm", job_id)
@@ -313,6 +315,10 @@ def main() -> None:
     parser.add_argument("--period", type=int, default=20, help="seconds between due times (divides 60)")
     parser.add_argument("--minutes", type=float, default=4.0, help="measured window")
     parser.add_argument("--llm-latency", type=float, default=None, help="seconds per model answer (default: half the offered load)")
+    parser.add_argument(
+        "--overload", nargs="+", choices=["latest_only", "skip_while_running"], default=["latest_only", "skip_while_running"],
+        help="the agent_pipelines tasks' overload policy: one measured run each",
+    )
     parser.add_argument("--baseline", choices=["fixed", "none"], default="fixed", help="also run agent_pipelines without back-pressure")
     parser.add_argument("--drain", type=float, default=150.0, help="seconds to wait for what is in flight after the window")
     args = parser.parse_args()
@@ -324,9 +330,10 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-bp-work-") as work, _platform(llm_latency) as (llm, gateway):
         workdir = Path(work)
-        runs = [("bp", False)] + ([("fixed", True)] if args.baseline == "fixed" else [])
-        for run, fixed in runs:
-            results.append(measure(llm, gateway, workdir, run=run, tasks=args.tasks, period=args.period, minutes=args.minutes, fixed=fixed, drain_s=args.drain))
+        runs = [(f"bp{n}", False, overload) for n, overload in enumerate(args.overload)]
+        runs += [("fixed", True, "all")] if args.baseline == "fixed" else []
+        for run, fixed, overload in runs:
+            results.append(measure(llm, gateway, workdir, run=run, tasks=args.tasks, period=args.period, minutes=args.minutes, fixed=fixed, drain_s=args.drain, overload=overload))
     print()
     print("| side | due | completed | skipped (reason recorded) | unknown | lost | lateness at model p50 | p99 | max |")
     print("|---|---|---|---|---|---|---|---|---|")
