@@ -128,6 +128,7 @@ def test_openclaw_seconds_first_cron_with_its_time_zone_and_next_run() -> None:
     assert task["schedule"] == {"cron": "30 0 9 * * 1-5", "timezone": "Europe/Berlin"}
     assert task["prompt"] == "Summarize overnight updates." and task["session"] == "isolated"
     assert task["timeout"] == "1h" and task["misfire"] == {"policy": "latest"} and task["enabled"] is True
+    assert task["overload"] == "skip_while_running", "OpenClaw skips a slot while the job still runs"
     assert result.notes == []  # OpenClaw's next run is one of the task's due times
 
 
@@ -151,7 +152,7 @@ def test_openclaw_interval_keeps_its_grid_and_one_shot_its_time() -> None:
                               state={"nextRunAtMs": ms("2026-12-03T07:01:30+00:00")}))
     assert every.task["schedule"] == {"every": "90s", "anchor": "2026-12-03T07:01:30+00:00"}
     at = map_claw(claw_job(schedule={"kind": "at", "at": "2027-02-01T16:00:00.000Z"}, deleteAfterRun=True))
-    assert at.task["schedule"] == {"at": "2027-02-01T16:00:00+00:00"}
+    assert at.task["schedule"] == {"at": "2027-02-01T16:00:00+00:00"} and "overload" not in at.task
     past = map_claw(claw_job(schedule={"kind": "at", "at": "2026-12-01T16:00:00.000Z"}, state={"lastRunAtMs": 1}))
     assert past.status == "not_mapped" and "has passed (it ran)" in past.reason
 

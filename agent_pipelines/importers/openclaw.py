@@ -252,6 +252,8 @@ def map_job(job: dict[str, Any], ctx: _Context) -> JobResult:
     task["agent"] = result.agent
     task["schedule"] = schedule
     task["misfire"] = {"policy": "latest"}  # OpenClaw runs missed slots once at start-up
+    if "at" not in schedule:
+        task["overload"] = "skip_while_running"  # OpenClaw skips a slot while the job's last run goes on
     task["prompt"] = literal_prompt(message)
     task["session"] = _session(job.get("sessionTarget"), result)
     timeout = payload.get("timeoutSeconds")
