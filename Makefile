@@ -26,8 +26,10 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "install Chromium (or set CHROMIUM=/path/to/chromium) for the browser tests"; exit 1; }
 	$(SUDO) apt-get install -y --no-install-recommends chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
+# Two workers: the daemon tests one after another on one, everything else beside them (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP) $(CHROMIUM)
-	CHROMIUM=$(CHROMIUM) $(BIN)/pytest
+	CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 validate: $(STAMP)
 	$(BIN)/agent-pipelines validate

@@ -29,6 +29,17 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers (`--dist loadgroup`). Tests that start a real
+    dagster-daemon each load the machine and wait on the wall clock: they run one after another
+    on one worker, first (they are the longest chain), while the other worker takes the rest a
+    module at a time, so a module's fixtures (a gateway, a browser) start once."""
+    for item in items:
+        group = "daemon" if item.get_closest_marker("daemon") else item.module.__name__ if item.module else item.nodeid
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("daemon") is None)
+
 @pytest.fixture
 def demo_agent(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningDemoAgent]:
     monkeypatch.setenv("DEMO_AGENT_TOKEN", TEST_TOKEN)
