@@ -30,6 +30,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`make test` runs two pytest-xdist workers (`--dist loadgroup`). Tests that start a real
     dagster-daemon each load the machine and wait on the wall clock: they run one after another
