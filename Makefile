@@ -29,7 +29,7 @@ $(CHROMIUM):
 # Two workers: the daemon tests one after another on one, everything else beside them (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(STAMP) $(CHROMIUM)
-	CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 validate: $(STAMP)
 	$(BIN)/agent-pipelines validate

@@ -13,6 +13,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -30,16 +31,35 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def _starts_a_daemon(item: pytest.Item) -> bool:
+    return item.get_closest_marker("daemon") is not None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers (`--dist loadgroup`). Tests that start a real
-    dagster-daemon each load the machine and wait on the wall clock: they run one after another
-    on one worker, first (they are the longest chain), while the other worker takes the rest a
-    module at a time, so a module's fixtures (a gateway, a browser) start once."""
-    for item in items:
-        group = "daemon" if item.get_closest_marker("daemon") else item.module.__name__ if item.module else item.nodeid
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.get_closest_marker("daemon") is None)
+    """The tests that start a real dagster-daemon first: they are the longest chain."""
+    items.sort(key=lambda item: not _starts_a_daemon(item))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs two pytest-xdist workers (`--dist loadscope`). The modules whose tests
+    start a real dagster-daemon are one unit of work: they load the machine and wait on the wall
+    clock, so they run one after another on one worker while the other takes the rest a module
+    at a time (a module's fixtures, a gateway or a browser, start once). xdist's own
+    `xdist_group` marks cannot do this under pytest 9: it rewrites node ids pytest no longer reads."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    tests = Path(__file__).parent
+    daemon_files = {f"tests/{path.name}" for path in tests.glob("test_*.py") if "mark.daemon" in path.read_text()}
+
+    class DaemonModulesInOneLine(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "daemon" if path in daemon_files else path
+
+    return DaemonModulesInOneLine(config, log)
+
 
 @pytest.fixture
 def demo_agent(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningDemoAgent]:
