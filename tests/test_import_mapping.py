@@ -230,6 +230,7 @@ def test_a_next_run_that_is_not_a_due_time_is_reported() -> None:
 def test_hermes_six_field_cron_has_its_seconds_last() -> None:
     result = map_hermes(hermes_job(schedule={"kind": "cron", "expr": "0 9 * * * 30"}, next_run_at="2026-12-03T09:00:30+00:00"))
     assert result.task["schedule"] == {"cron": "30 0 9 * * *", "timezone": "UTC"} and result.notes == []
+    assert result.task["overload"] == "skip_while_running", "Hermes skips a tick while the job still runs"
     assert hermes.seconds_first("1 2 3 4 5 6 7") is None
 
 
@@ -239,7 +240,7 @@ def test_hermes_interval_once_and_pause() -> None:
     assert interval.task["schedule"] == {"every": "30m", "anchor": "2026-12-03T08:03:46.544709+00:00"}
     assert interval.task["enabled"] is False and interval.source_enabled is False
     once = map_hermes(hermes_job(schedule={"kind": "once", "run_at": "2027-01-05T10:00:00+01:00"}, next_run_at="2027-01-05T10:00:00+01:00"))
-    assert once.task["schedule"] == {"at": "2027-01-05T10:00:00+01:00"}
+    assert once.task["schedule"] == {"at": "2027-01-05T10:00:00+01:00"} and "overload" not in once.task
     past = map_hermes(hermes_job(schedule={"kind": "once", "run_at": "2026-01-05T10:00:00+01:00"}))
     assert past.status == "not_mapped" and "has passed" in past.reason
 

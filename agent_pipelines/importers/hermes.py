@@ -152,6 +152,8 @@ def map_job(job: dict[str, Any], gateway: GatewaySpec, channels: ChannelMap, now
         "session": "isolated",
         "timeout": duration_text(DEFAULT_TURN_TIMEOUT_S),
     }
+    if "at" not in schedule:
+        task["overload"] = "skip_while_running"  # Hermes skips a tick while the job is still running
     if skills:
         result.notes.append(f"skills {skills!r} not loaded before the prompt: the agent answers the prompt alone")
     if job.get("context_from"):
