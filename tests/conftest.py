@@ -36,12 +36,13 @@ def _starts_a_daemon(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests that start a real dagster-daemon first: they are the longest chain."""
-    items.sort(key=lambda item: not _starts_a_daemon(item))
+    """Under xdist, the tests that start a real dagster-daemon first: they are the longest chain."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: not _starts_a_daemon(item))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test` runs two pytest-xdist workers (`--dist loadscope`). The modules whose tests
+    """`make test TEST_WORKERS=2` runs two pytest-xdist workers (`--dist loadscope`). The modules whose tests
     start a real dagster-daemon are one unit of work: they load the machine and wait on the wall
     clock, so they run one after another on one worker while the other takes the rest a module
     at a time (a module's fixtures, a gateway or a browser, start once). xdist's own
