@@ -53,10 +53,15 @@ class _Waiting:
     kicked: asyncio.Future[str] = field(repr=False)  # resolved with a reason to stop waiting
 
 
+def skips_while_running(item: WorkItem) -> bool:
+    """A new due time (not a retry) of a `skip_while_running` task."""
+    return item.task.overload == "skip_while_running" and item.retry_number == 0
+
+
 def still_running(item: WorkItem, sending: Mapping[str, dt.datetime | None], now: dt.datetime) -> Refusal | None:
     """Why a `skip_while_running` due time is skipped: another execution of its task is in
     flight (`sending`: key -> when it left, of any run). None: it may go on."""
-    if item.task.overload != "skip_while_running" or item.retry_number > 0:
+    if not skips_while_running(item):
         return None
     others = {key: at for key, at in sending.items() if key != item.key}
     if not others:

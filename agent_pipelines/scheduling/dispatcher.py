@@ -38,7 +38,7 @@ from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.checks import CheckOutcome, Judged, judge_verdict, local_checks
 from agent_pipelines.prompts.registry import PromptRegistry
 from agent_pipelines.lifecycle.gate import LifecycleGate
-from agent_pipelines.scheduling.admission import Admission, Refusal, still_running
+from agent_pipelines.scheduling.admission import Admission, Refusal, skips_while_running, still_running
 from agent_pipelines.scheduling.agent_health import HealthGate
 from agent_pipelines.scheduling.attempts import AttemptMarker
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK, Clock
@@ -441,8 +441,8 @@ class Dispatcher:
     async def _still_running(self, item: WorkItem) -> Refusal | None:
         """For `overload: skip_while_running`: why this due time is skipped (an earlier one of its
         task is in flight, in this run or another), or None."""
-        if item.task.overload != "skip_while_running" or item.retry_number > 0:
-            return None
+        if not skips_while_running(item):
+            return None  # no store query on the common path
         now = self.clock.now()
         sending: dict[str, dt.datetime | None] = dict(self._sending.get(item.task.name, {}))
         refusal = still_running(item, sending, now)
