@@ -19,6 +19,7 @@ from agent_pipelines.agents.limiter import (
     GradientLimiter,
     LimiterSettings,
     LimiterState,
+    fit_latency_line,
     outcome_of,
 )
 from agent_pipelines.scheduling.clock import ManualClock
@@ -64,6 +65,81 @@ def drive(limiter: GradientLimiter, agent: Agent, start: float, until: float, er
             limiter.on_answer(done - sent, when_sent, sent, now)
         trace.append((now, limiter.limit, in_flight + 1))
     return trace
+
+
+def drive_beside(limiter: GradientLimiter, agent: Agent, others: int, others_from: float, until: float) -> tuple[list[tuple[float, int]], int, int]:
+    """As `drive`, with another client that keeps `others` requests in the agent from
+    `others_from` on whatever their latency (a gateway's own cron jobs). Returns (time, limit)
+    after each of our answers, and how many answers each side got after `others_from`."""
+    now, ours_in_flight, trace, ours, theirs = 0.0, 0, [], 0, 0
+    pending: list[tuple[float, float, int, bool]] = []  # (answer at, sent at, in flight when sent, ours)
+    started_others = False
+    while now < until:
+        if not started_others and now >= others_from:
+            started_others = True
+            for _ in range(others):
+                heapq.heappush(pending, (agent.answer_at(now), now, 0, False))
+        while ours_in_flight < limiter.limit:
+            ours_in_flight += 1
+            heapq.heappush(pending, (agent.answer_at(now), now, ours_in_flight, True))
+        done, sent, when_sent, is_ours = heapq.heappop(pending)
+        now = done
+        if not is_ours:
+            theirs += 1
+            heapq.heappush(pending, (agent.answer_at(now), now, 0, False))
+            continue
+        ours_in_flight -= 1
+        ours += started_others
+        limiter.on_answer(done - sent, when_sent, sent, now)
+        trace.append((now, limiter.limit))
+    return trace, ours, theirs
+
+
+def test_a_queue_others_keep_in_the_agent_does_not_shrink_our_share_of_it() -> None:
+    """Ten requests of another client are always in the agent, arriving after our first probe
+    measured it idle: shrinking cannot remove their queue, only hand them our share."""
+    limiter = GradientLimiter(10)
+    trace, ours, theirs = drive_beside(limiter, Agent(1, service_s=1.0), others=10, others_from=20.0, until=900.0)
+    settled = [limit for at, limit in trace if at > 300]
+    assert sum(settled) / len(settled) >= 8, "it keeps about as many in flight as the other client"
+    assert ours >= 0.7 * theirs, (ours, theirs)  # the limit before this fit: 0.44
+    # One request of ours alone waits behind their ten: ~11 s, not the 1 s the first probe saw.
+    assert limiter.solo_s is not None and limiter.reference_s == pytest.approx(11.0, rel=0.2)
+
+
+def test_our_own_queue_beside_others_is_still_bounded() -> None:
+    """Beside another client's 2 requests, our limit still stops our own queue from growing to
+    max_concurrency: what one more request of ours costs is still measured."""
+    limiter = GradientLimiter(40)
+    trace, _ours, _theirs = drive_beside(limiter, Agent(1, service_s=1.0), others=2, others_from=20.0, until=900.0)
+    settled = [limit for at, limit in trace if at > 300]
+    assert sum(settled) / len(settled) <= 12, sum(settled) / len(settled)
+
+
+def test_the_latency_line_says_what_one_request_of_ours_costs() -> None:
+    settings = LimiterSettings()
+    # 11 s at one request (the others' queue), 1 s more per request of ours, exactly.
+    line = fit_latency_line([(n, 10.0 + n) for n in range(1, 11)] * 2, settings)
+    assert line is not None
+    assert line.solo_s == pytest.approx(11.0) and line.slope_s == pytest.approx(1.0)
+    assert line.requests_within(22.1) == pytest.approx(12.1)
+    assert fit_latency_line([(6, 12.0 + i % 3) for i in range(20)], settings) is None, "no spread: no slope"
+    assert fit_latency_line([(n, 10.0 + n) for n in range(1, 6)], settings) is None, "too few answers"
+    # Noise steepens the slope (one standard error): the line leans towards less room, not more.
+    rng = random.Random(3)
+    noisy = fit_latency_line([(n, 10.0 + n + rng.gauss(0, 2)) for n in range(1, 11)] * 3, settings)
+    assert noisy is not None and noisy.slope_s > 1.0 - 0.3 and noisy.solo_s < 12.0
+
+
+def test_no_probe_while_the_agent_is_slow_with_others_queue() -> None:
+    """A probe drains our requests to measure the agent alone; while the fitted line says it is
+    mostly others' queue the probe would measure that queue, so it waits."""
+    limiter = GradientLimiter(10, LimiterSettings(probe_every_s=60.0), LimiterState(estimate=10.0, baseline_s=1.0, next_probe_at=100.0))
+    for i in range(20):
+        limiter.on_answer(10.0 + (i % 10 + 1), in_flight=i % 10 + 1, sent_at=float(i), now=50.0 + i)
+    assert limiter.solo_s == pytest.approx(11.0, rel=0.05)
+    limiter.on_answer(15.0, in_flight=5, sent_at=90.0, now=105.0)
+    assert not limiter.probing and limiter.state.next_probe_at == pytest.approx(165.0)
 
 
 @pytest.mark.parametrize("capacity", [1, 2, 4])

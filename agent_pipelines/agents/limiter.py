@@ -14,7 +14,17 @@ starts and then every 5 minutes (the baseline of a long overload would otherwise
 with the queue it measures). Each answer's latency against it is the gradient,
 `clamp((tolerance * baseline + slack) / latency, 0.5, 1)` (tolerance 2, slack 0.1 s): below 1, requests queue inside the agent and the
 limit shrinks toward that share of itself (smoothed); at 1, it grows by one per round trip, as
-long as it is used. Overload errors (429, 5xx, timeouts) cut the limit multiplicatively (AIMD),
+long as it is used.
+
+The limit is for the queue *we* cause. An agent shared with clients that never back off (a
+gateway's own cron jobs, other services) is slow because of their queue too, and shrinking for
+a queue we cannot remove only hands them our share (a delay-based TCP Vegas flow beside a loss-based
+Reno one). So between probes the limiter also fits each answer's latency against how many of
+our requests were in flight when it left (least squares over the recent answers): the slope is
+what one more request of ours costs, and the line at one request, `solo_s`, is the latency a
+request of ours alone would have under the others' load now. The baseline is the higher of the
+probe's and `solo_s`; the slope is taken one standard error steep, so a noisy fit leans towards
+the probe's baseline. Overload errors (429, 5xx, timeouts) cut the limit multiplicatively (AIMD),
 once per round trip: the answers to requests sent before a cut say nothing new. The limit starts
 at the agent's `max_concurrency` and never exceeds it.
 
@@ -30,7 +40,8 @@ import heapq
 import itertools
 import math
 import statistics
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,8 +72,10 @@ class LimiterSettings:
     #: reads (a batch sending thousands a second), which is not the agent queueing; negligible
     #: against an LLM agent's seconds, it keeps a fast agent's limit from shrinking to nothing
     slack_s: float = 0.1
-    #: how much of a gradient below 1 one answer applies to the limit
+    #: how much of the gradient one answer applies to the limit
     smoothing: float = 0.2
+    #: the most an answer far quicker than the tolerance says about a bigger limit (Envoy's 2)
+    max_gradient: float = 2.0
     #: answers to requests sent one at a time that make a baseline (their median)
     probe_answers: int = 3
     #: how often the baseline is measured again (a probe costs a few answers at concurrency 1)
@@ -72,6 +85,12 @@ class LimiterSettings:
     #: what an overload error leaves of the limit
     backoff: float = 0.75
     min_limit: int = 1
+    #: recent answers whose latency is fitted against our requests in flight (see `solo_s`)
+    fit_window: int = 30
+    #: a fit needs this many answers...
+    fit_min_answers: int = 10
+    #: ...sent at in-flight counts this spread out (their standard deviation, in requests)
+    fit_min_spread: float = 0.5
 
 
 @dataclass
@@ -83,6 +102,8 @@ class LimiterState:
     recent_s: float | None = None
     samples: int = 0
     next_probe_at: float | None = None  # epoch seconds; None: measure a baseline first
+    #: latency of one request of ours under the others' load, fitted since the probe (None: no fit yet)
+    solo_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +112,7 @@ class LimiterState:
             "recent_s": self.recent_s,
             "samples": self.samples,
             "next_probe_at": self.next_probe_at,
+            "solo_s": self.solo_s,
         }
 
     @classmethod
@@ -101,6 +123,7 @@ class LimiterState:
             recent_s=_float_or_none(data.get("recent_s")),
             samples=int(data.get("samples") or 0),
             next_probe_at=_float_or_none(data.get("next_probe_at")),
+            solo_s=_float_or_none(data.get("solo_s")),
         )
 
 
@@ -117,6 +140,8 @@ class GradientLimiter:
         self._probe_started_at: float | None = None
         self._probe: list[float] = []
         self._unjudged: list[tuple[float, int]] = []  # answers waiting for the probe's baseline
+        self._fitted: deque[tuple[int, float]] = deque(maxlen=self.settings.fit_window)  # (in flight, latency)
+        self._line: LatencyLine | None = None
         if state is not None:
             self.restore(state)
 
@@ -138,10 +163,25 @@ class GradientLimiter:
     def recent_s(self) -> float | None:
         return self.state.recent_s
 
+    @property
+    def solo_s(self) -> float | None:
+        return self.state.solo_s
+
+    @property
+    def reference_s(self) -> float | None:
+        """What an answer's latency is judged against: the probe's baseline, or the latency of
+        one request of ours under the others' load when that is higher."""
+        baseline, solo = self.state.baseline_s, self.state.solo_s
+        if baseline is None or solo is None:
+            return baseline
+        return max(baseline, solo)
+
     def restore(self, state: LimiterState) -> None:
         """Continue from a state another run learned (clamped to this agent's bounds)."""
         estimate = max(float(self.settings.min_limit), min(float(self.max_limit), state.estimate))
-        self.state = LimiterState(estimate, state.baseline_s, state.recent_s, state.samples, state.next_probe_at)
+        self.state = LimiterState(
+            estimate, state.baseline_s, state.recent_s, state.samples, state.next_probe_at, state.solo_s
+        )
 
     def on_answer(self, latency_s: float, in_flight: int, sent_at: float, now: float) -> None:
         """An answer to a request sent at `sent_at` took `latency_s`; `in_flight` requests (this
@@ -163,20 +203,39 @@ class GradientLimiter:
                     self._adjust(latency, when_sent)
             return
         if state.baseline_s is None or state.next_probe_at is None or now >= state.next_probe_at:
-            self._probe_started_at, self._probe, self._unjudged = now, [], [(latency_s, in_flight)]
-            return
+            if self._others_queue_dominates():
+                state.next_probe_at = now + s.probe_every_s  # a probe would measure their queue, at the cost of a drain
+            else:
+                self._probe_started_at, self._probe, self._unjudged = now, [], [(latency_s, in_flight)]
+                return
+        self._fitted.append((in_flight, latency_s))
+        self._line = fit_latency_line(self._fitted, s)
+        if self._line is not None:
+            state.solo_s = self._line.solo_s
         self._adjust(latency_s, in_flight)
+
+    def _others_queue_dominates(self) -> bool:
+        """The fitted line says one request of ours alone now waits well beyond the baseline:
+        the agent's latency is mostly others' queue."""
+        baseline = self.state.baseline_s
+        return baseline is not None and self._line is not None and self._line.solo_s > self.settings.tolerance * baseline
 
     def _adjust(self, latency_s: float, in_flight: int) -> None:
         s, state = self.settings, self.state
-        assert state.baseline_s is not None
+        reference = self.reference_s
+        assert reference is not None
         if in_flight < state.estimate / 2:
             return  # not using the limit: the answer says nothing about a bigger one
-        gradient = max(0.5, min(1.0, (s.tolerance * state.baseline_s + s.slack_s) / latency_s))
+        tolerated = s.tolerance * reference + s.slack_s
+        gradient = max(0.5, min(1.0, tolerated / latency_s))
         if gradient < 1.0:
             state.estimate = self._clamp(state.estimate * (1 - s.smoothing * (1 - gradient)))
-        else:
-            state.estimate = self._clamp(state.estimate + 1.0 / state.estimate)  # +1 per round trip
+            return
+        grown = state.estimate + 1.0 / state.estimate  # +1 per round trip
+        if self._line is not None:  # ...or towards where the fitted line reaches the tolerance
+            room = min(float(self.max_limit), self._line.requests_within(tolerated))
+            grown = max(grown, state.estimate + s.smoothing * (room - state.estimate))
+        state.estimate = self._clamp(grown)
 
     def on_overload(self, sent_at: float, now: float) -> bool:
         """An overload error answered a request sent at `sent_at`: cut the limit, unless it was
@@ -185,10 +244,45 @@ class GradientLimiter:
             return False
         self.state.estimate = self._clamp(self.state.estimate * self.settings.backoff)
         self._last_cut_at = now
+        self._fitted.clear()  # the line says nothing about errors: no growth along it past one
+        self._line = None
         return True
 
     def _clamp(self, value: float) -> float:
         return max(float(self.settings.min_limit), min(float(self.max_limit), value))
+
+
+@dataclass(frozen=True)
+class LatencyLine:
+    """Latency against our requests in flight: `solo_s` at one request, `slope_s` per request more."""
+
+    solo_s: float
+    slope_s: float
+
+    def requests_within(self, latency_s: float) -> float:
+        """How many requests of ours in flight keep the latency within `latency_s`."""
+        if self.slope_s <= 0:
+            return math.inf
+        return 1 + (latency_s - self.solo_s) / self.slope_s
+
+
+def fit_latency_line(answers: Sequence[tuple[int, float]], settings: LimiterSettings) -> LatencyLine | None:
+    """The least-squares line through (requests of ours in flight, latency) pairs, its slope one
+    standard error steeper (a noisy fit says less about the others' load and our room, not
+    more). None while the answers are too few or were all sent at about the same in-flight count
+    (nothing to fit a slope to)."""
+    count = len(answers)
+    if count < max(3, settings.fit_min_answers):
+        return None
+    mean_n = sum(n for n, _ in answers) / count
+    mean_latency = sum(latency for _, latency in answers) / count
+    spread = sum((n - mean_n) ** 2 for n, _ in answers)
+    if spread / count < settings.fit_min_spread**2:
+        return None
+    slope = sum((n - mean_n) * (latency - mean_latency) for n, latency in answers) / spread
+    residuals = sum((latency - mean_latency - slope * (n - mean_n)) ** 2 for n, latency in answers)
+    steep = max(0.0, slope + math.sqrt(residuals / (count - 2) / spread))
+    return LatencyLine(solo_s=max(1e-6, mean_latency - steep * (mean_n - 1)), slope_s=steep)
 
 
 def _average(current: float | None, sample: float, count: int, window: int) -> float:

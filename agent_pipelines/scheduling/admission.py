@@ -188,6 +188,8 @@ class Admission:
         waited = self.clock.time() - waiting.entered_at
         latency = f"{limiter.recent_s:.1f} s" if limiter.recent_s is not None else "unknown"
         baseline = f" (without a queue {limiter.baseline_s:.1f} s)" if limiter.baseline_s is not None else ""
+        if limiter.baseline_s is not None and limiter.solo_s is not None and limiter.solo_s > limiter.baseline_s:
+            baseline = f" (without a queue {limiter.baseline_s:.1f} s; one request of ours beside other clients' queue {limiter.solo_s:.1f} s)"
         until = dt.datetime.fromtimestamp(deadline, dt.timezone.utc).isoformat(timespec="seconds")
         elsewhere = f", {gate.elsewhere} more from other runs" if gate.elsewhere else ""
         return (
