@@ -41,10 +41,10 @@ def due(spec: TaskSpec, seconds: float, retry_number: int = 0, deadline: dt.date
     return WorkItem(spec, Trigger.scheduled(moment), moment.timestamp(), deadline=deadline, retry_number=retry_number)
 
 
-def run(scenario: Callable[[ManualClock, Admission, ConcurrencyGate], Awaitable[None]], limit: int = 1) -> None:
+def run(scenario: Callable[[ManualClock, Admission, ConcurrencyGate], Awaitable[None]], limit: int = 1, solo_s: float | None = None) -> None:
     async def main() -> None:
         clock = ManualClock(T0)
-        state = LimiterState(estimate=float(limit), baseline_s=1.0, recent_s=2.5, next_probe_at=1e12)
+        state = LimiterState(estimate=float(limit), baseline_s=1.0, recent_s=2.5, next_probe_at=1e12, solo_s=solo_s)
         gate = ConcurrencyGate(GradientLimiter(8, state=state), clock)
         await scenario(clock, Admission(clock), gate)
 
@@ -102,6 +102,20 @@ def test_nothing_waits_past_its_deadline_without_a_reason() -> None:
         assert gate.in_flight == 0, "no permit was left behind by the refused waiters"
 
     run(scenario)
+
+
+def test_the_reason_says_how_much_of_the_latency_is_other_clients_queue() -> None:
+    async def scenario(clock: ManualClock, admission: Admission, gate: ConcurrencyGate) -> None:
+        holder = await admission.enter(due(task("busy"), 0), "claw", gate)
+        waiting = asyncio.create_task(admission.enter(due(task("digest"), 0), "claw", gate))
+        await settle()
+        clock.advance(30.0)
+        refusal = await waiting
+        assert isinstance(refusal, Refusal) and isinstance(holder, Permit)
+        assert "(without a queue 1.0 s; one request of ours beside other clients' queue 11.4 s)" in refusal.reason, refusal.reason
+        gate.release(holder)
+
+    run(scenario, solo_s=11.4)
 
 
 def test_a_retry_waits_at_most_until_its_retry_deadline_and_then_fails() -> None:

@@ -7,7 +7,9 @@ by rank, within the limit, counting other runs' requests."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import heapq
+import json
 import random
 from dataclasses import dataclass
 
@@ -23,6 +25,9 @@ from agent_pipelines.agents.limiter import (
     outcome_of,
 )
 from agent_pipelines.scheduling.clock import ManualClock
+from agent_pipelines.scheduling.load import summarize
+from agent_pipelines.scheduling.load_publication import load_metadata
+from agent_pipelines.store.agent_load import AgentLoad
 
 
 @dataclass
@@ -203,6 +208,20 @@ def test_restored_state_is_clamped_to_the_agents_bounds() -> None:
     assert limiter.limit == 8 and limiter.baseline_s == 0.5 and limiter.recent_s == 0.7
 
 
+def test_the_answers_the_line_is_fitted_through_carry_over_to_the_next_run() -> None:
+    """Window runs are a minute long: the next run continues the fit instead of starting it again."""
+    first = GradientLimiter(10, state=LimiterState(estimate=6.0, baseline_s=1.0, next_probe_at=1e9))
+    for i in range(40):
+        first.on_answer(10.0 + (i % 8 + 1), in_flight=i % 8 + 1, sent_at=float(i), now=float(i) + 12)
+    saved = LimiterState.from_json(json.loads(json.dumps(first.state.to_json())))
+    assert len(saved.answers) == 30, "the fit window, not every answer"
+    saved.estimate = 6.0
+    second = GradientLimiter(10, state=saved)
+    assert second.solo_s == pytest.approx(11.0, rel=0.05)
+    second.on_answer(18.0, in_flight=8, sent_at=100.0, now=118.0)
+    assert second.state.estimate == pytest.approx(6.8, abs=0.05), "20% of the way to its maximum of 10 along the carried-over line (+1 per round trip: 6.17)"
+
+
 @pytest.mark.parametrize(
     ("kind", "outcome"),
     [(None, "ok"), (FailureKind.RATE_LIMITED, "overload"), (FailureKind.SERVER_ERROR, "overload"), (FailureKind.TIMEOUT, "overload"),
@@ -243,3 +262,16 @@ def test_the_gate_grants_by_rank_within_the_limit_and_counts_other_runs() -> Non
         assert gate.in_flight == 0 and gate.queued == 0
 
     asyncio.run(scenario())
+
+
+def test_the_agents_view_shows_the_latency_of_one_request_beside_others_queue() -> None:
+    now = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
+    state = LimiterState(estimate=10.0, baseline_s=1.2, solo_s=11.4).to_json()
+    view = AgentLoad(agent="claw", holder="run-1", limit=10, max_limit=10, in_flight=9, queued=0, updated_at=now,
+                     latency_ms=19_800.0, baseline_ms=1_200.0, state=state)
+    summary = summarize([view], now)["claw"]
+    assert summary.solo_ms == pytest.approx(11_400.0)
+    assert "one request of ours beside other clients' queue 11.4 s" in summary.describe()
+    assert load_metadata(summary)["solo_latency_ms"].value == pytest.approx(11_400.0)
+    alone = summarize([AgentLoad(agent="claw", holder="run-1", limit=2, max_limit=10, in_flight=2, queued=3, updated_at=now)], now)
+    assert alone["claw"].solo_ms is None and "beside" not in alone["claw"].describe()

@@ -102,8 +102,10 @@ class LimiterState:
     recent_s: float | None = None
     samples: int = 0
     next_probe_at: float | None = None  # epoch seconds; None: measure a baseline first
-    #: latency of one request of ours under the others' load, fitted since the probe (None: no fit yet)
+    #: latency of one request of ours beside the others' queue, from the last fitted line (None: none yet)
     solo_s: float | None = None
+    #: the recent answers the line is fitted through: (our requests in flight when it left, latency)
+    answers: deque[tuple[int, float]] = field(default_factory=deque)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +115,7 @@ class LimiterState:
             "samples": self.samples,
             "next_probe_at": self.next_probe_at,
             "solo_s": self.solo_s,
+            "answers": [[n, latency] for n, latency in self.answers],
         }
 
     @classmethod
@@ -124,6 +127,7 @@ class LimiterState:
             samples=int(data.get("samples") or 0),
             next_probe_at=_float_or_none(data.get("next_probe_at")),
             solo_s=_float_or_none(data.get("solo_s")),
+            answers=deque((int(n), float(latency)) for n, latency in data.get("answers") or ()),
         )
 
 
@@ -135,12 +139,11 @@ class GradientLimiter:
             raise ValueError("max_limit must be at least 1")
         self.max_limit = max_limit
         self.settings = settings or LimiterSettings()
-        self.state = LimiterState(estimate=float(max_limit))
+        self.state = LimiterState(estimate=float(max_limit), answers=deque(maxlen=self.settings.fit_window))
         self._last_cut_at = -math.inf
         self._probe_started_at: float | None = None
         self._probe: list[float] = []
         self._unjudged: list[tuple[float, int]] = []  # answers waiting for the probe's baseline
-        self._fitted: deque[tuple[int, float]] = deque(maxlen=self.settings.fit_window)  # (in flight, latency)
         self._line: LatencyLine | None = None
         if state is not None:
             self.restore(state)
@@ -179,9 +182,11 @@ class GradientLimiter:
     def restore(self, state: LimiterState) -> None:
         """Continue from a state another run learned (clamped to this agent's bounds)."""
         estimate = max(float(self.settings.min_limit), min(float(self.max_limit), state.estimate))
+        answers = deque(state.answers, maxlen=self.settings.fit_window)
         self.state = LimiterState(
-            estimate, state.baseline_s, state.recent_s, state.samples, state.next_probe_at, state.solo_s
+            estimate, state.baseline_s, state.recent_s, state.samples, state.next_probe_at, state.solo_s, answers
         )
+        self._line = fit_latency_line(answers, self.settings)
 
     def on_answer(self, latency_s: float, in_flight: int, sent_at: float, now: float) -> None:
         """An answer to a request sent at `sent_at` took `latency_s`; `in_flight` requests (this
@@ -208,8 +213,8 @@ class GradientLimiter:
             else:
                 self._probe_started_at, self._probe, self._unjudged = now, [], [(latency_s, in_flight)]
                 return
-        self._fitted.append((in_flight, latency_s))
-        self._line = fit_latency_line(self._fitted, s)
+        state.answers.append((in_flight, latency_s))
+        self._line = fit_latency_line(state.answers, s)
         if self._line is not None:
             state.solo_s = self._line.solo_s
         self._adjust(latency_s, in_flight)
@@ -244,7 +249,7 @@ class GradientLimiter:
             return False
         self.state.estimate = self._clamp(self.state.estimate * self.settings.backoff)
         self._last_cut_at = now
-        self._fitted.clear()  # the line says nothing about errors: no growth along it past one
+        self.state.answers.clear()  # the line says nothing about errors: no growth along it past one
         self._line = None
         return True
 

@@ -149,6 +149,8 @@ class LoadSummary:
     last_skip_at: dt.datetime | None
     updated_at: dt.datetime
     saturated: bool
+    #: latency of one request of ours beside other clients' queue (the limiter's fitted line)
+    solo_ms: float | None = None
 
     def describe(self) -> str:
         latency = f"{self.latency_ms / 1000:.1f} s" if self.latency_ms is not None else "unknown"
@@ -157,6 +159,8 @@ class LoadSummary:
             + (f" (oldest {self.oldest_wait_s:.0f} s)" if self.oldest_wait_s else "")
             + f", latency {latency}"
         )
+        if self.solo_ms is not None and self.baseline_ms is not None and self.solo_ms > self.baseline_ms:
+            text += f" (one request of ours beside other clients' queue {self.solo_ms / 1000:.1f} s)"
         if self.last_skip_at is not None:
             text += f"; last skipped for saturation {self.last_skip_at.isoformat(timespec='seconds')}"
         return text
@@ -192,6 +196,7 @@ def summarize(rows: Iterable[AgentLoad], now: dt.datetime) -> dict[str, LoadSumm
             last_skip_at=last_skip,
             updated_at=newest.updated_at,
             saturated=saturated,
+            solo_ms=_ms(LimiterState.from_json(newest.state).solo_s) if newest.state else None,
         )
     return summaries
 

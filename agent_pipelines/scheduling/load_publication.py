@@ -33,6 +33,8 @@ def load_metadata(summary: LoadSummary) -> dict[str, Any]:
         metadata["latency_ms"] = dg.MetadataValue.float(summary.latency_ms)
     if summary.baseline_ms is not None:
         metadata["baseline_latency_ms"] = dg.MetadataValue.float(summary.baseline_ms)
+    if summary.solo_ms is not None:
+        metadata["solo_latency_ms"] = dg.MetadataValue.float(summary.solo_ms)
     if summary.oldest_wait_s is not None:
         metadata["oldest_wait_s"] = dg.MetadataValue.float(round(summary.oldest_wait_s, 3))
     return metadata
