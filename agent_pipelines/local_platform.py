@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -205,10 +206,12 @@ def _kill_leftover_runs(home: Path) -> None:
     signal_processes(processes_of(home))
 
 
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.5, message: str = "") -> None:  # noqa: ANN001
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.5, message: str | Callable[[], str] = "") -> None:  # noqa: ANN001
+    """Poll `predicate` until it holds; `message` may be a callable, to describe the state at the timeout."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if predicate():
             return
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {message or predicate}")
+    described = message() if callable(message) else message
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {described or predicate}")

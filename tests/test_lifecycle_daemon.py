@@ -67,7 +67,7 @@ tasks:
 
         # Scheduled executions with a full sleep between them (on a loaded machine the first two
         # ticks may both fall in the first waking: the one that counts comes after a sleep).
-        wait_until(lambda: len(succeeded("tick")) >= 1, timeout_s=240, message=f"the first tick\n{p.daemon_logs()[-3000:]}")
+        wait_until(lambda: len(succeeded("tick")) >= 1, timeout_s=240, message=lambda: f"the first tick\n{p.daemon_logs()[-3000:]}")
         wait_until(lambda: events().count("sleep") >= 1, timeout_s=120, message=f"a sleep after it: {events()}")
         slept_at = next(e.at for e in store.lifecycle_events(["sleepy"]) if e.event == "sleep")
 

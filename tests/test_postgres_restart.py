@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg2
 import pytest
 
 from agent_pipelines.chaos import account, rows_of, unsettled
@@ -110,7 +111,7 @@ def test_postgres_restart_mid_stream(tmp_path: Path, demo_agent, cluster: PgClus
         wait_until(
             lambda: time.time() > end + 5 and not unsettled(store, end) and _events_delivered(demo_agent, accepted),
             timeout_s=420,  # beside the other xdist worker, settling has taken 120 s here
-            message=f"everything settled after the restart\n{p.daemon_logs()[-3000:]}",
+            message=lambda: _unsettled_state(store, end, demo_agent, accepted, cluster, p),
         )
 
         # The ingress: a 2xx only for what it stored; 503 + Retry-After while it could not.
@@ -140,3 +141,21 @@ def _events_delivered(agent, accepted: list[Post]) -> bool:  # noqa: ANN001
     keys = (r.headers.get("idempotency-key", "") for r in agent.requests())
     delivered = {key.split(":event:", 1)[1] for key in keys if ":event:" in key}
     return all(f"hooks:n-{post.n}" in delivered for post in accepted)
+
+
+def _unsettled_state(store, end: float, agent, accepted: list[Post], cluster: PgCluster, p: Platform) -> str:  # noqa: ANN001
+    """What had not settled at the timeout, and what every PostgreSQL session was doing then."""
+    keys = (r.headers.get("idempotency-key", "") for r in agent.requests())
+    delivered = {key.split(":event:", 1)[1] for key in keys if ":event:" in key}
+    missing = [post.n for post in accepted if f"hooks:n-{post.n}" not in delivered]
+    with psycopg2.connect(cluster.url()) as conn, conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, application_name, state, wait_event_type, wait_event, now() - xact_start, left(query, 160) "
+            "FROM pg_stat_activity WHERE datname IS NOT NULL ORDER BY xact_start NULLS LAST"
+        )
+        sessions = "\n".join(" | ".join(str(value) for value in row) for row in cursor.fetchall())
+    return (
+        f"everything settled after the restart\nunsettled: {unsettled(store, end)[:10]}\n"
+        f"accepted events not delivered: {missing[:20]} ({len(missing)})\nsessions:\n{sessions}\n"
+        f"daemon log at the timeout:\n{p.daemon_logs()[-4000:]}"
+    )
