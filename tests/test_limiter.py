@@ -72,10 +72,13 @@ def drive(limiter: GradientLimiter, agent: Agent, start: float, until: float, er
     return trace
 
 
-def drive_beside(limiter: GradientLimiter, agent: Agent, others: int, others_from: float, until: float) -> tuple[list[tuple[float, int]], int, int]:
+def drive_beside(
+    limiter: GradientLimiter, agent: Agent, others: int, others_from: float, until: float, others_until: float = float("inf")
+) -> tuple[list[tuple[float, int]], int, int]:
     """As `drive`, with another client that keeps `others` requests in the agent from
-    `others_from` on whatever their latency (a gateway's own cron jobs). Returns (time, limit)
-    after each of our answers, and how many answers each side got after `others_from`."""
+    `others_from` (to `others_until`) whatever their latency (a gateway's own cron jobs).
+    Returns (time, limit) after each of our answers, and how many answers each side got after
+    `others_from`."""
     now, ours_in_flight, trace, ours, theirs = 0.0, 0, [], 0, 0
     pending: list[tuple[float, float, int, bool]] = []  # (answer at, sent at, in flight when sent, ours)
     started_others = False
@@ -91,7 +94,8 @@ def drive_beside(limiter: GradientLimiter, agent: Agent, others: int, others_fro
         now = done
         if not is_ours:
             theirs += 1
-            heapq.heappush(pending, (agent.answer_at(now), now, 0, False))
+            if now < others_until:
+                heapq.heappush(pending, (agent.answer_at(now), now, 0, False))
             continue
         ours_in_flight -= 1
         ours += started_others
@@ -110,6 +114,16 @@ def test_a_queue_others_keep_in_the_agent_does_not_shrink_our_share_of_it() -> N
     assert ours >= 0.7 * theirs, (ours, theirs)  # the limit before this fit: 0.44
     # One request of ours alone waits behind their ten: ~11 s, not the 1 s the first probe saw.
     assert limiter.solo_s is not None and limiter.reference_s == pytest.approx(11.0, rel=0.2)
+
+
+def test_when_the_others_leave_the_limit_comes_back_down_to_our_own_queue() -> None:
+    """A queue of others the line learned must not outlive them: the next probe measures the
+    agent alone again."""
+    limiter = GradientLimiter(10)
+    trace, _ours, _theirs = drive_beside(limiter, Agent(1, service_s=1.0), others=10, others_from=20.0, others_until=400.0, until=1500.0)
+    assert max(limit for at, limit in trace if 300 < at < 400) >= 9
+    settled = [limit for at, limit in trace if at > 1100]
+    assert sum(settled) / len(settled) <= 3.5, sum(settled) / len(settled)
 
 
 def test_our_own_queue_beside_others_is_still_bounded() -> None:

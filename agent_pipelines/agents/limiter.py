@@ -203,6 +203,11 @@ class GradientLimiter:
             if len(self._probe) >= s.probe_answers:
                 state.baseline_s = statistics.median(self._probe)
                 state.next_probe_at = now + s.probe_every_s
+                # The probe measured one request alone directly: the line starts again from its
+                # answers (an old line would keep a queue of others that has since gone).
+                state.answers.clear()
+                state.answers.extend((1, latency) for latency in self._probe)
+                state.solo_s, self._line = None, None
                 unjudged, self._probe_started_at, self._probe, self._unjudged = self._unjudged, None, [], []
                 for latency, when_sent in unjudged:  # what arrived meanwhile, against the new baseline
                     self._adjust(latency, when_sent)
@@ -250,7 +255,7 @@ class GradientLimiter:
         self.state.estimate = self._clamp(self.state.estimate * self.settings.backoff)
         self._last_cut_at = now
         self.state.answers.clear()  # the line says nothing about errors: no growth along it past one
-        self._line = None
+        self.state.solo_s, self._line = None, None
         return True
 
     def _clamp(self, value: float) -> float:
