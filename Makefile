@@ -26,10 +26,10 @@ $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "install Chromium (or set CHROMIUM=/path/to/chromium) for the browser tests"; exit 1; }
 	$(SUDO) apt-get install -y --no-install-recommends chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
 
-# One process by default. TEST_WORKERS=2: the daemon tests one after another on one worker,
-# everything else beside them (tests/conftest.py); 18 min instead of 30, but the daemon tests'
-# timing is not yet reliable beside the other worker.
-TEST_WORKERS ?= 1
+# Two pytest-xdist workers: the modules that start a real dagster-daemon one after another on
+# one, everything else beside them (tests/conftest.py); 12-18 min instead of 30.
+# TEST_WORKERS=1 runs everything in one process.
+TEST_WORKERS ?= 2
 XDIST := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 test: $(STAMP) $(CHROMIUM)
 	CHROMIUM=$(CHROMIUM) $(BIN)/pytest $(XDIST)

@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test TEST_WORKERS=2` runs two pytest-xdist workers (`--dist loadscope`). The modules whose tests
+    """`make test` runs two pytest-xdist workers (`--dist loadscope`). The modules whose tests
     start a real dagster-daemon are one unit of work: they load the machine and wait on the wall
     clock, so they run one after another on one worker while the other takes the rest a module
     at a time (a module's fixtures, a gateway or a browser, start once). xdist's own

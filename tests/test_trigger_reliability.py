@@ -128,12 +128,26 @@ def test_sigkill_of_the_daemon_and_its_runs(platform) -> None:
     )
     store = p.store()
 
+    def window_of(task: str) -> tuple[list[dt.datetime], list[str]]:
+        """The task's due times from its first after the start-up to 25 s after the restart."""
+        first = min(_due(k) for k in _sent(p, task) if _due(k).timestamp() >= steady)
+        last = dt.datetime.fromtimestamp(restarted_at + 25, dt.timezone.utc)
+        window = [first + n * STEP for n in range(int((last - first) / STEP) + 1) if first + n * STEP < last]
+        return window, [f"agent-pipelines:{task}:schedule:{m.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}" for m in window]
+
     def lingering() -> list[str]:
         states = ("catchup", "claimed", "sending", "retrying")
-        return [f"{e.idempotency_key} {e.status} run={e.run_id}" for s in states for e in store.executions_with_status(s)]
+        unsettled_rows = [f"{e.idempotency_key} {e.status} run={e.run_id}" for s in states for e in store.executions_with_status(s)]
+        undecided = [
+            key
+            for task in ("keep_all", "keep_latest", "skip_missed")
+            for key in window_of(task)[1]
+            if store.get_execution(key) is None
+        ]
+        return unsettled_rows + [f"{key} not decided yet" for key in undecided]
 
     try:
-        wait_until(lambda: not lingering(), timeout_s=120, message="catch-up runs to finish")
+        wait_until(lambda: not lingering(), timeout_s=120, message="catch-up runs to finish and every due time to be decided")
     except AssertionError as error:
         raise AssertionError(f"{error}: {lingering()}\n{p.daemon_logs()[-4000:]}") from None
     p.kill_daemon(with_its_runs=False)
@@ -144,15 +158,7 @@ def test_sigkill_of_the_daemon_and_its_runs(platform) -> None:
         sent = _sent(p, task)
         assert len(sent) == len(set(sent)), f"{task}: a due time was sent twice"
         executions = {e.idempotency_key: e for e in store.executions_for_task(task, limit=1000)}
-        first = min(_due(k) for k in sent if _due(k).timestamp() >= steady)
-        last = parse_due("2100-01-01T00:00:00Z")
-        last = min(last, dt.datetime.fromtimestamp(restarted_at + 25, dt.timezone.utc))
-        window = []
-        moment = first
-        while moment < last:
-            window.append(moment)
-            moment += STEP
-        keys = [f"agent-pipelines:{task}:schedule:{m.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}" for m in window]
+        window, keys = window_of(task)
         statuses = [executions[k].status if k in executions else "absent" for k in keys]
         assert "absent" not in statuses, f"{task}: due times nobody decided about: {statuses}"
         assert set(statuses) <= {"succeeded", "missed", "unknown"}, f"{task}: {statuses}"
