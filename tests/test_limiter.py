@@ -25,6 +25,7 @@ from agent_pipelines.agents.limiter import (
     outcome_of,
 )
 from agent_pipelines.scheduling.clock import ManualClock
+from agent_pipelines.lifecycle.report import _load_columns
 from agent_pipelines.scheduling.load import summarize
 from agent_pipelines.scheduling.load_publication import load_metadata
 from agent_pipelines.store.agent_load import AgentLoad
@@ -207,11 +208,11 @@ def test_an_idle_agent_does_not_grow_the_limit_it_does_not_use() -> None:
 def test_the_baseline_is_measured_again_one_request_at_a_time() -> None:
     limiter = GradientLimiter(8, LimiterSettings(probe_every_s=60.0), LimiterState(estimate=6.0, baseline_s=1.0, next_probe_at=50.0))
     limiter.on_answer(1.0, in_flight=6, sent_at=49.0, now=50.0)
-    assert limiter.probing and limiter.limit == 1
+    assert limiter.probing and limiter.limit == 1 and limiter.state.to_json()["probing"], "shown while it lasts"
     limiter.on_answer(9.0, in_flight=6, sent_at=45.0, now=54.0)  # sent before the probe: not a sample
     for n in range(3):
         limiter.on_answer(2.0, in_flight=1, sent_at=55.0 + 2 * n, now=57.0 + 2 * n)
-    assert not limiter.probing and limiter.baseline_s == 2.0
+    assert not limiter.probing and limiter.baseline_s == 2.0 and not limiter.state.probing
     assert limiter.limit == 5, "the 9 s answer that arrived during the probe is judged against the new baseline"
     assert limiter.state.next_probe_at == pytest.approx(61.0 + 60.0)
 
@@ -289,3 +290,19 @@ def test_the_agents_view_shows_the_latency_of_one_request_beside_others_queue() 
     assert load_metadata(summary)["solo_latency_ms"].value == pytest.approx(11_400.0)
     alone = summarize([AgentLoad(agent="claw", holder="run-1", limit=2, max_limit=10, in_flight=2, queued=3, updated_at=now)], now)
     assert alone["claw"].solo_ms is None and "beside" not in alone["claw"].describe()
+
+
+def test_a_limit_of_one_while_the_baseline_is_measured_says_so() -> None:
+    """A fresh agent's limit reads 1 of its max for its first few answers: the UI and the CLI say why."""
+    now = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
+    limiter = GradientLimiter(4)
+    limiter.on_answer(0.3, in_flight=1, sent_at=0.0, now=0.3)
+    view = AgentLoad(agent="claw", holder="run-1", limit=limiter.limit, max_limit=4, in_flight=0, queued=0, updated_at=now,
+                     state=limiter.state.to_json())
+    summary = summarize([view], now)["claw"]
+    assert summary.limit == 1 and summary.measuring_baseline
+    assert "limit 1 (max 4; measuring its latency one request at a time)" in summary.describe()
+    assert load_metadata(summary)["measuring_baseline"].value is True
+    assert _load_columns(summary, 4)[0] == "1/4 (measuring)"
+    restored = GradientLimiter(4, state=LimiterState.from_json(limiter.state.to_json()))
+    assert not restored.state.probing, "a run that continues from this state is not measuring"

@@ -106,6 +106,8 @@ class LimiterState:
     solo_s: float | None = None
     #: the recent answers the line is fitted through: (our requests in flight when it left, latency)
     answers: deque[tuple[int, float]] = field(default_factory=deque)
+    #: the limit is 1 for now because the baseline is being measured (shown, not restored)
+    probing: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +118,7 @@ class LimiterState:
             "next_probe_at": self.next_probe_at,
             "solo_s": self.solo_s,
             "answers": [[n, latency] for n, latency in self.answers],
+            "probing": self.probing,
         }
 
     @classmethod
@@ -128,6 +131,7 @@ class LimiterState:
             next_probe_at=_float_or_none(data.get("next_probe_at")),
             solo_s=_float_or_none(data.get("solo_s")),
             answers=deque((int(n), float(latency)) for n, latency in data.get("answers") or ()),
+            probing=bool(data.get("probing")),
         )
 
 
@@ -209,6 +213,7 @@ class GradientLimiter:
                 state.answers.extend((1, latency) for latency in self._probe)
                 state.solo_s, self._line = None, None
                 unjudged, self._probe_started_at, self._probe, self._unjudged = self._unjudged, None, [], []
+                state.probing = False
                 for latency, when_sent in unjudged:  # what arrived meanwhile, against the new baseline
                     self._adjust(latency, when_sent)
             return
@@ -217,6 +222,7 @@ class GradientLimiter:
                 state.next_probe_at = now + s.probe_every_s  # a probe would measure their queue, at the cost of a drain
             else:
                 self._probe_started_at, self._probe, self._unjudged = now, [], [(latency_s, in_flight)]
+                state.probing = True
                 return
         state.answers.append((in_flight, latency_s))
         self._line = fit_latency_line(state.answers, s)

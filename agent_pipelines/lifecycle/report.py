@@ -57,4 +57,5 @@ def _load_columns(load: LoadSummary | None, max_concurrency: int) -> tuple[str, 
     if load is None:
         return (f"{max_concurrency}/{max_concurrency}", "-", "-", "-", "-")
     latency = f"{load.latency_ms / 1000:.2f}s" if load.latency_ms is not None else "-"
-    return (f"{load.limit}/{load.max_limit}", str(load.in_flight), str(load.queued), latency, "yes" if load.saturated else "no")
+    limit = f"{load.limit}/{load.max_limit}" + (" (measuring)" if load.measuring_baseline else "")
+    return (limit, str(load.in_flight), str(load.queued), latency, "yes" if load.saturated else "no")

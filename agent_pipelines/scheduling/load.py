@@ -151,11 +151,15 @@ class LoadSummary:
     saturated: bool
     #: latency of one request of ours beside other clients' queue (the limiter's fitted line)
     solo_ms: float | None = None
+    #: the limit is 1 while the newest view measures the agent's latency one request at a time
+    measuring_baseline: bool = False
 
     def describe(self) -> str:
         latency = f"{self.latency_ms / 1000:.1f} s" if self.latency_ms is not None else "unknown"
         text = (
-            f"{self.in_flight} in flight at limit {self.limit} (max {self.max_limit}), {self.queued} waiting"
+            f"{self.in_flight} in flight at limit {self.limit} (max {self.max_limit}"
+            + ("; measuring its latency one request at a time" if self.measuring_baseline else "")
+            + f"), {self.queued} waiting"
             + (f" (oldest {self.oldest_wait_s:.0f} s)" if self.oldest_wait_s else "")
             + f", latency {latency}"
         )
@@ -177,6 +181,7 @@ def summarize(rows: Iterable[AgentLoad], now: dt.datetime) -> dict[str, LoadSumm
     summaries = {}
     for agent, views in by_agent.items():
         newest = max(views, key=lambda v: v.updated_at)
+        learned = LimiterState.from_json(newest.state) if newest.state else None
         fresh = [v for v in views if v.updated_at >= fresh_since]
         waits = [v.oldest_wait_s for v in fresh if v.oldest_wait_s is not None]
         skips = [v.last_skip_at for v in views if v.last_skip_at is not None]
@@ -196,7 +201,8 @@ def summarize(rows: Iterable[AgentLoad], now: dt.datetime) -> dict[str, LoadSumm
             last_skip_at=last_skip,
             updated_at=newest.updated_at,
             saturated=saturated,
-            solo_ms=_ms(LimiterState.from_json(newest.state).solo_s) if newest.state else None,
+            solo_ms=_ms(learned.solo_s) if learned is not None else None,
+            measuring_baseline=learned is not None and learned.probing,
         )
     return summaries
 

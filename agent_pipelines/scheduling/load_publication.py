@@ -27,6 +27,7 @@ def load_metadata(summary: LoadSummary) -> dict[str, Any]:
         "max_concurrency": dg.MetadataValue.int(summary.max_limit),
         "skipped_saturated": dg.MetadataValue.int(summary.skipped),
         "saturated": dg.MetadataValue.bool(summary.saturated),
+        "measuring_baseline": dg.MetadataValue.bool(summary.measuring_baseline),
         "load_updated_at": dg.MetadataValue.timestamp(summary.updated_at),
     }
     if summary.latency_ms is not None:
