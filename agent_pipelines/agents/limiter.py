@@ -72,10 +72,8 @@ class LimiterSettings:
     #: reads (a batch sending thousands a second), which is not the agent queueing; negligible
     #: against an LLM agent's seconds, it keeps a fast agent's limit from shrinking to nothing
     slack_s: float = 0.1
-    #: how much of the gradient one answer applies to the limit
+    #: how much of a gradient below 1 (or of the way to the fitted line's room) one answer applies
     smoothing: float = 0.2
-    #: the most an answer far quicker than the tolerance says about a bigger limit (Envoy's 2)
-    max_gradient: float = 2.0
     #: answers to requests sent one at a time that make a baseline (their median)
     probe_answers: int = 3
     #: how often the baseline is measured again (a probe costs a few answers at concurrency 1)
