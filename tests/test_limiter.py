@@ -306,3 +306,16 @@ def test_a_limit_of_one_while_the_baseline_is_measured_says_so() -> None:
     assert _load_columns(summary, 4)[0] == "1/4 (measuring)"
     restored = GradientLimiter(4, state=LimiterState.from_json(limiter.state.to_json()))
     assert not restored.state.probing, "a run that continues from this state is not measuring"
+
+
+def test_the_running_sums_give_the_line_of_the_window() -> None:
+    """The line is kept in O(1) per answer (a batch reads thousands a second); after many answers
+    come and go it is still the least-squares line of the answers in the window."""
+    limiter = GradientLimiter(16, state=LimiterState(estimate=16.0, baseline_s=0.05, next_probe_at=1e12))
+    rng = random.Random(7)
+    for i in range(25_000):
+        n = rng.randint(1, 16)
+        limiter.on_answer(0.05 + 0.01 * n + rng.random() * 0.02, n, i * 0.001, i * 0.001 + 0.06)
+    kept, exact = limiter._line, fit_latency_line(list(limiter.state.answers), limiter.settings)
+    assert kept is not None and exact is not None
+    assert kept.solo_s == pytest.approx(exact.solo_s, rel=1e-9) and kept.slope_s == pytest.approx(exact.slope_s, rel=1e-9)

@@ -41,7 +41,7 @@ import itertools
 import math
 import statistics
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -147,6 +147,7 @@ class GradientLimiter:
         self._probe: list[float] = []
         self._unjudged: list[tuple[float, int]] = []  # answers waiting for the probe's baseline
         self._line: LatencyLine | None = None
+        self._moments = Moments()  # of state.answers, kept as answers come and go (the batch path reads thousands a second)
         if state is not None:
             self.restore(state)
 
@@ -188,7 +189,8 @@ class GradientLimiter:
         self.state = LimiterState(
             estimate, state.baseline_s, state.recent_s, state.samples, state.next_probe_at, state.solo_s, answers
         )
-        self._line = fit_latency_line(answers, self.settings)
+        self._moments = Moments.of(answers)
+        self._line = self._moments.line(self.settings)
 
     def on_answer(self, latency_s: float, in_flight: int, sent_at: float, now: float) -> None:
         """An answer to a request sent at `sent_at` took `latency_s`; `in_flight` requests (this
@@ -207,8 +209,9 @@ class GradientLimiter:
                 state.next_probe_at = now + s.probe_every_s
                 # The probe measured one request alone directly: the line starts again from its
                 # answers (an old line would keep a queue of others that has since gone).
-                state.answers.clear()
-                state.answers.extend((1, latency) for latency in self._probe)
+                self._forget_answers()
+                for latency in self._probe:
+                    self._remember(1, latency)
                 state.solo_s, self._line = None, None
                 unjudged, self._probe_started_at, self._probe, self._unjudged = self._unjudged, None, [], []
                 state.probing = False
@@ -222,8 +225,8 @@ class GradientLimiter:
                 self._probe_started_at, self._probe, self._unjudged = now, [], [(latency_s, in_flight)]
                 state.probing = True
                 return
-        state.answers.append((in_flight, latency_s))
-        self._line = fit_latency_line(state.answers, s)
+        self._remember(in_flight, latency_s)
+        self._line = self._moments.line(s)
         if self._line is not None:
             state.solo_s = self._line.solo_s
         self._adjust(latency_s, in_flight)
@@ -258,9 +261,22 @@ class GradientLimiter:
             return False
         self.state.estimate = self._clamp(self.state.estimate * self.settings.backoff)
         self._last_cut_at = now
-        self.state.answers.clear()  # the line says nothing about errors: no growth along it past one
+        self._forget_answers()  # the line says nothing about errors: no growth along it past one
         self.state.solo_s, self._line = None, None
         return True
+
+    def _remember(self, in_flight: int, latency_s: float) -> None:
+        answers = self.state.answers
+        if len(answers) == answers.maxlen:
+            self._moments.remove(*answers[0])
+        answers.append((in_flight, latency_s))
+        self._moments.add(in_flight, latency_s)
+        if self._moments.updates >= REFRESH_MOMENTS_EVERY:  # bound the rounding that adding and removing leaves
+            self._moments = Moments.of(answers)
+
+    def _forget_answers(self) -> None:
+        self.state.answers.clear()
+        self._moments = Moments()
 
     def _clamp(self, value: float) -> float:
         return max(float(self.settings.min_limit), min(float(self.max_limit), value))
@@ -280,23 +296,63 @@ class LatencyLine:
         return 1 + (latency_s - self.solo_s) / self.slope_s
 
 
+#: answers after which the running sums are computed afresh from the window
+REFRESH_MOMENTS_EVERY = 10_000
+
+
+@dataclass
+class Moments:
+    """Running sums over (requests in flight, latency) pairs: a least-squares line in O(1) per answer."""
+
+    count: int = 0
+    n: float = 0.0
+    latency: float = 0.0
+    nn: float = 0.0
+    n_latency: float = 0.0
+    latency_latency: float = 0.0
+    updates: int = 0
+
+    @classmethod
+    def of(cls, answers: Iterable[tuple[int, float]]) -> Moments:
+        moments = cls()
+        for n, latency in answers:
+            moments.add(n, latency)
+        moments.updates = 0
+        return moments
+
+    def add(self, n: int, latency: float, sign: int = 1) -> None:
+        self.count += sign
+        self.n += sign * n
+        self.latency += sign * latency
+        self.nn += sign * n * n
+        self.n_latency += sign * n * latency
+        self.latency_latency += sign * latency * latency
+        self.updates += 1
+
+    def remove(self, n: int, latency: float) -> None:
+        self.add(n, latency, sign=-1)
+
+    def line(self, settings: LimiterSettings) -> LatencyLine | None:
+        """The least-squares line, its slope one standard error steeper (a noisy fit says less
+        about the others' load and our room, not more). None while the answers are too few or
+        were all sent at about the same in-flight count (nothing to fit a slope to)."""
+        count = self.count
+        if count < max(3, settings.fit_min_answers):
+            return None
+        mean_n, mean_latency = self.n / count, self.latency / count
+        spread = self.nn - self.n * mean_n
+        if spread / count < settings.fit_min_spread**2:
+            return None
+        covariance = self.n_latency - self.n * mean_latency
+        slope = covariance / spread
+        residuals = max(0.0, self.latency_latency - self.latency * mean_latency - slope * covariance)
+        steep = max(0.0, slope + math.sqrt(residuals / (count - 2) / spread))
+        return LatencyLine(solo_s=max(1e-6, mean_latency - steep * (mean_n - 1)), slope_s=steep)
+
+
 def fit_latency_line(answers: Sequence[tuple[int, float]], settings: LimiterSettings) -> LatencyLine | None:
-    """The least-squares line through (requests of ours in flight, latency) pairs, its slope one
-    standard error steeper (a noisy fit says less about the others' load and our room, not
-    more). None while the answers are too few or were all sent at about the same in-flight count
-    (nothing to fit a slope to)."""
-    count = len(answers)
-    if count < max(3, settings.fit_min_answers):
-        return None
-    mean_n = sum(n for n, _ in answers) / count
-    mean_latency = sum(latency for _, latency in answers) / count
-    spread = sum((n - mean_n) ** 2 for n, _ in answers)
-    if spread / count < settings.fit_min_spread**2:
-        return None
-    slope = sum((n - mean_n) * (latency - mean_latency) for n, latency in answers) / spread
-    residuals = sum((latency - mean_latency - slope * (n - mean_n)) ** 2 for n, latency in answers)
-    steep = max(0.0, slope + math.sqrt(residuals / (count - 2) / spread))
-    return LatencyLine(solo_s=max(1e-6, mean_latency - steep * (mean_n - 1)), slope_s=steep)
+    """The line through (requests of ours in flight, latency) pairs (see `Moments.line`)."""
+    return Moments.of(answers).line(settings)
 
 
 def _average(current: float | None, sample: float, count: int, window: int) -> float:
