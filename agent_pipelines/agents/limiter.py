@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import dataclasses
 import math
 import statistics
 from collections import deque
@@ -186,9 +187,7 @@ class GradientLimiter:
         """Continue from a state another run learned (clamped to this agent's bounds)."""
         estimate = max(float(self.settings.min_limit), min(float(self.max_limit), state.estimate))
         answers = deque(state.answers, maxlen=self.settings.fit_window)
-        self.state = LimiterState(
-            estimate, state.baseline_s, state.recent_s, state.samples, state.next_probe_at, state.solo_s, answers
-        )
+        self.state = dataclasses.replace(state, estimate=estimate, answers=answers, probing=False)
         self._moments = Moments.of(answers)
         self._line = self._moments.line(self.settings)
 
@@ -209,10 +208,9 @@ class GradientLimiter:
                 state.next_probe_at = now + s.probe_every_s
                 # The probe measured one request alone directly: the line starts again from its
                 # answers (an old line would keep a queue of others that has since gone).
-                self._forget_answers()
+                self._forget_line()
                 for latency in self._probe:
                     self._remember(1, latency)
-                state.solo_s, self._line = None, None
                 unjudged, self._probe_started_at, self._probe, self._unjudged = self._unjudged, None, [], []
                 state.probing = False
                 for latency, when_sent in unjudged:  # what arrived meanwhile, against the new baseline
@@ -261,8 +259,7 @@ class GradientLimiter:
             return False
         self.state.estimate = self._clamp(self.state.estimate * self.settings.backoff)
         self._last_cut_at = now
-        self._forget_answers()  # the line says nothing about errors: no growth along it past one
-        self.state.solo_s, self._line = None, None
+        self._forget_line()  # the line says nothing about errors: no growth along it past one
         return True
 
     def _remember(self, in_flight: int, latency_s: float) -> None:
@@ -274,9 +271,10 @@ class GradientLimiter:
         if self._moments.updates >= REFRESH_MOMENTS_EVERY:  # bound the rounding that adding and removing leaves
             self._moments = Moments.of(answers)
 
-    def _forget_answers(self) -> None:
+    def _forget_line(self) -> None:
         self.state.answers.clear()
         self._moments = Moments()
+        self.state.solo_s, self._line = None, None
 
     def _clamp(self, value: float) -> float:
         return max(float(self.settings.min_limit), min(float(self.max_limit), value))
@@ -353,6 +351,14 @@ class Moments:
 def fit_latency_line(answers: Sequence[tuple[int, float]], settings: LimiterSettings) -> LatencyLine | None:
     """The line through (requests of ours in flight, latency) pairs (see `Moments.line`)."""
     return Moments.of(answers).line(settings)
+
+
+def others_queue_note(baseline_s: float | None, solo_s: float | None) -> str:
+    """How long one request of ours waits beside other clients' queue, when that is beyond the
+    baseline (empty otherwise): said wherever the agent's latency is shown."""
+    if baseline_s is None or solo_s is None or solo_s <= baseline_s:
+        return ""
+    return f"one request of ours beside other clients' queue {solo_s:.1f} s"
 
 
 def _average(current: float | None, sample: float, count: int, window: int) -> float:

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from agent_pipelines.agents.limiter import ConcurrencyGate, Permit
+from agent_pipelines.agents.limiter import ConcurrencyGate, Permit, others_queue_note
 from agent_pipelines.scheduling.clock import Clock
 from agent_pipelines.scheduling.work import WorkItem
 from agent_pipelines.store import status
@@ -187,9 +187,8 @@ class Admission:
         limiter = gate.limiter
         waited = self.clock.time() - waiting.entered_at
         latency = f"{limiter.recent_s:.1f} s" if limiter.recent_s is not None else "unknown"
-        baseline = f" (without a queue {limiter.baseline_s:.1f} s)" if limiter.baseline_s is not None else ""
-        if limiter.baseline_s is not None and limiter.solo_s is not None and limiter.solo_s > limiter.baseline_s:
-            baseline = f" (without a queue {limiter.baseline_s:.1f} s; one request of ours beside other clients' queue {limiter.solo_s:.1f} s)"
+        beside = others_queue_note(limiter.baseline_s, limiter.solo_s)
+        baseline = f" (without a queue {limiter.baseline_s:.1f} s{'; ' + beside if beside else ''})" if limiter.baseline_s is not None else ""
         until = dt.datetime.fromtimestamp(deadline, dt.timezone.utc).isoformat(timespec="seconds")
         elsewhere = f", {gate.elsewhere} more from other runs" if gate.elsewhere else ""
         return (

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent_pipelines.agents.limiter import ConcurrencyGate, LimiterState
+from agent_pipelines.agents.limiter import ConcurrencyGate, LimiterState, others_queue_note
 from agent_pipelines.scheduling.admission import Admission
 from agent_pipelines.scheduling.clock import Clock
 from agent_pipelines.store import AgentLoad, StateStore
@@ -133,6 +133,10 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
+def _seconds(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1000.0
+
+
 @dataclass(frozen=True)
 class LoadSummary:
     """An agent's load across every run, as the sensor and the CLI show it."""
@@ -163,8 +167,9 @@ class LoadSummary:
             + (f" (oldest {self.oldest_wait_s:.0f} s)" if self.oldest_wait_s else "")
             + f", latency {latency}"
         )
-        if self.solo_ms is not None and self.baseline_ms is not None and self.solo_ms > self.baseline_ms:
-            text += f" (one request of ours beside other clients' queue {self.solo_ms / 1000:.1f} s)"
+        beside = others_queue_note(_seconds(self.baseline_ms), _seconds(self.solo_ms))
+        if beside:
+            text += f" ({beside})"
         if self.last_skip_at is not None:
             text += f"; last skipped for saturation {self.last_skip_at.isoformat(timespec='seconds')}"
         return text
@@ -181,7 +186,6 @@ def summarize(rows: Iterable[AgentLoad], now: dt.datetime) -> dict[str, LoadSumm
     summaries = {}
     for agent, views in by_agent.items():
         newest = max(views, key=lambda v: v.updated_at)
-        learned = LimiterState.from_json(newest.state) if newest.state else None
         fresh = [v for v in views if v.updated_at >= fresh_since]
         waits = [v.oldest_wait_s for v in fresh if v.oldest_wait_s is not None]
         skips = [v.last_skip_at for v in views if v.last_skip_at is not None]
@@ -201,8 +205,8 @@ def summarize(rows: Iterable[AgentLoad], now: dt.datetime) -> dict[str, LoadSumm
             last_skip_at=last_skip,
             updated_at=newest.updated_at,
             saturated=saturated,
-            solo_ms=_ms(learned.solo_s) if learned is not None else None,
-            measuring_baseline=learned is not None and learned.probing,
+            solo_ms=_ms(newest.state.get("solo_s")),  # two keys of the limiter's state, not its whole answer window
+            measuring_baseline=bool(newest.state.get("probing")),
         )
     return summaries
 
