@@ -20,11 +20,12 @@ from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.kubernetes_config import model_problems
 from agent_pipelines.lifecycle.backends import HttpBackend, KubernetesBackend, LifecycleError
 from agent_pipelines.lifecycle.controller import LifecycleController, agent_hours
-from agent_pipelines.lifecycle.decisions import AgentView, decide, next_due
+from agent_pipelines.lifecycle.decisions import AWAIT_LATE_DUE_S, AgentView, decide, next_due
 from agent_pipelines.lifecycle.report import agent_rows
 from agent_pipelines.local_platform import free_port, wait_until
 from agent_pipelines.process_identity import is_gone
 from agent_pipelines.scheduling.clock import ManualClock
+from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.scheduling.timing import parse_due
 from agent_pipelines.store import Claim, StateStore
 from tests.conftest import TEST_TOKEN, demo_agent_command
@@ -37,8 +38,10 @@ def _at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
 
 
-def view(state: str, since: float = 0, woke: float | None = None, used: float | None = None, busy: bool = False) -> AgentView:
-    return AgentView(state, _at(since), _at(woke) if woke is not None else None, _at(used) if used is not None else None, busy)
+def view(
+    state: str, since: float = 0, woke: float | None = None, used: float | None = None, busy: bool = False, awaited: tuple[dt.datetime, str] | None = None
+) -> AgentView:
+    return AgentView(state, _at(since), _at(woke) if woke is not None else None, _at(used) if used is not None else None, busy, awaited)
 
 
 # -- the rules ----------------------------------------------------------------------------------
@@ -65,6 +68,13 @@ def test_sleeps_only_when_idle_past_min_up_with_nothing_in_flight_or_due() -> No
     flappy = LifecycleSpec(command={"start": "true"}, idle_after="10s", min_up="5m")
     assert decide(flappy, view("ready", woke=0), _at(200), None).action == "none", "min_up prevents flapping"
     assert decide(flappy, view("ready", woke=0), _at(300), None).action == "sleep"
+
+
+def test_a_due_time_whose_run_is_late_keeps_its_agent_up() -> None:
+    late = view("ready", woke=0, awaited=(_at(700), "hourly"))
+    decision = decide(SPEC, late, _at(720), None)
+    assert decision.action == "none" and "hourly was due at" in decision.why and "not started" in decision.why
+    assert decide(SPEC, view("ready", woke=0), _at(720), None).action == "sleep", "without it: idle past idle_after"
 
 
 def test_a_wake_that_is_not_ready_in_time_fails_and_is_retried_later() -> None:
@@ -217,6 +227,46 @@ def test_the_http_backend_calls_the_wake_and_sleep_hooks(monkeypatch: pytest.Mon
         broken = HttpBackend(LifecycleSpec(http={"wake": {"url": f"{base}/broken"}, "sleep": {"url": f"{base}/stop"}}).http)
         with pytest.raises(LifecycleError, match="wake hook POST .*/broken answered 500"):
             broken.wake("claw")
+    finally:
+        server.shutdown()
+
+
+def test_the_controller_waits_for_a_late_run_before_it_sleeps_the_agent(tmp_path: Path) -> None:
+    """Seen under load: woken `lead` ahead, then slept just after the due time because the run
+    carrying it had not claimed it yet, so the execution woke the agent again, cold."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    start_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    due = start_at + dt.timedelta(seconds=10)
+    lifecycle = f'{{http: {{wake: {{url: "{base}/start"}}, sleep: {{url: "{base}/stop"}}}}, lead: 12s, idle_after: 4s, min_up: 2s}}'
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            agents:
+              - {{name: late, kind: openai_chat, model: m, base_url: "http://127.0.0.1:9", lifecycle: {lifecycle}}}
+              - {{name: served, kind: openai_chat, model: m, base_url: "http://127.0.0.1:9", lifecycle: {lifecycle}}}
+            tasks:
+              - {{name: late_tick, owner: x, agent: late, prompt: p, schedule: {{every: 1h, anchor: "{due.isoformat()}"}}}}
+              - {{name: served_tick, owner: x, agent: served, prompt: p, schedule: {{every: 1h, anchor: "{due.isoformat()}"}}}}
+            """
+        )
+    )
+    catalog = load_catalog(tmp_path)
+    assert catalog.ok, catalog.problems
+    store = StateStore.for_url(f"sqlite:///{tmp_path / 'state.db'}")
+    clock = ManualClock(start_at)
+    controller = LifecycleController(catalog, store, clock, ready_check=lambda agent: True)
+    try:
+        assert sorted(agent for agent, _ in controller.tick().woken) == ["late", "served"]
+        key = Trigger.scheduled(due).idempotency_key("served_tick")
+        store.claim([Claim(key, "served_tick", "served", "run-1", "schedule", due, "v")])
+        store.release_run("run-1", "test")  # its execution came and went
+        clock.advance(30)  # 20 s past the due time, both idle for 30 s
+        assert [agent for agent, _ in controller.tick().slept] == ["served"], "the late run's agent stays up for it"
+        clock.advance(AWAIT_LATE_DUE_S)
+        assert [agent for agent, _ in controller.tick().slept] == ["late"], "a run that never comes keeps it up no longer"
+        assert [e.event for e in store.lifecycle_events(["late"])] == ["wake", "ready", "sleep"]
     finally:
         server.shutdown()
 

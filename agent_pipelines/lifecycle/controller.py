@@ -24,8 +24,9 @@ from agent_pipelines.catalog.lifecycle import LifecycleSpec
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.catalog.model import AgentSpecBase, TaskSpec
 from agent_pipelines.lifecycle.backends import Backend, LifecycleError, backend_for
-from agent_pipelines.lifecycle.decisions import AgentView, decide, horizon, next_due
+from agent_pipelines.lifecycle.decisions import AgentView, decide, horizon, just_due, next_due
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK, Clock
+from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.store import StateStore
 from agent_pipelines.store.lifecycle import ASLEEP, FAILED, READY, WAKING, LifecycleState
 
@@ -78,13 +79,14 @@ class LifecycleController:
         states = self.store.lifecycle_states()
         busy = self.store.agents_in_flight(list(self.specs)) | set(also_busy)
         used = self.store.last_used(list(self.specs))
+        awaited = self._awaited(now, [agent for agent in self.specs if agent not in busy and (states.get(agent) is not None and states[agent].state in (WAKING, READY))])
         jobs: list[Callable[[], None]] = []
         for agent, spec in self.specs.items():
             state = states.get(agent) or LifecycleState(agent, ASLEEP, now)
             if state.state in (WAKING, READY) and not self.backends[agent].alive(state.process):
                 self.store.move_lifecycle(agent, ASLEEP, expect=[state.state], at=now, event="exited", detail=f"its process {state.process} exited", process=None)
                 state = LifecycleState(agent, ASLEEP, now)
-            view = AgentView(state.state, state.since, state.woke_at, used.get(agent), agent in busy)
+            view = AgentView(state.state, state.since, state.woke_at, used.get(agent), agent in busy, awaited.get(agent))
             decision = decide(spec, view, now, next_due(self.tasks_of[agent], now, horizon(spec)))
             if decision.action == "wake":
                 jobs.append(lambda agent=agent, why=decision.why, expect=state.state: self._wake(agent, why, expect, report))
@@ -99,6 +101,21 @@ class LifecycleController:
             with ThreadPoolExecutor(max_workers=min(PARALLEL_CALLS, len(jobs)), thread_name_prefix="agent-lifecycle") as pool:
                 list(pool.map(lambda job: job(), jobs))
         return report
+
+    def _awaited(self, now: dt.datetime, agents: Collection[str]) -> dict[str, tuple[dt.datetime, str]]:
+        """Per agent, its earliest due time just passed that has no execution yet: the run carrying
+        it is late, and sleeping the agent now would only make that execution wake it cold."""
+        candidates = {
+            Trigger.scheduled(due).idempotency_key(task): (agent, due, task) for agent in agents for due, task in just_due(self.tasks_of[agent], now)
+        }
+        if not candidates:
+            return {}
+        found = self.store.statuses(list(candidates))
+        awaited: dict[str, tuple[dt.datetime, str]] = {}
+        for key, (agent, due, task) in candidates.items():
+            if key not in found and (agent not in awaited or due < awaited[agent][0]):
+                awaited[agent] = (due, task)
+        return awaited
 
     def wake_now(self, agent: str, why: str) -> bool:
         """Wake `agent` if it is asleep (a task found it cold); False when it was not asleep."""

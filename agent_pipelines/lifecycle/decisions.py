@@ -16,6 +16,10 @@ from agent_pipelines.store.lifecycle import ASLEEP, FAILED, READY, WAKING
 
 #: A failed wake is tried again after this long (when work is still coming).
 RETRY_FAILED_WAKE_S = 30.0
+#: A due time that passed less than this long ago and has no execution yet keeps its agent up:
+#: the run carrying it is late (a loaded machine, a slow run launch), not gone; the dispatcher
+#: catches it up within a window (a minute).
+AWAIT_LATE_DUE_S = 90.0
 
 Action = Literal["wake", "sleep", "ready_timeout", "none"]
 
@@ -27,6 +31,7 @@ class AgentView:
     woke_at: dt.datetime | None
     last_used: dt.datetime | None  # its executions last changed
     busy: bool  # something is claimed, in flight or waiting to retry
+    awaited: tuple[dt.datetime, str] | None = None  # a due time just passed with no execution yet
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,22 @@ def next_due(tasks: Iterable[TaskSpec], now: dt.datetime, horizon: dt.timedelta)
         if first is not None and (best is None or first < best[0]):
             best = (first, task.name)
     return best
+
+
+def just_due(tasks: Iterable[TaskSpec], now: dt.datetime) -> list[tuple[dt.datetime, str]]:
+    """Each enabled scheduled task's latest due time within the last `AWAIT_LATE_DUE_S`: the
+    due times whose execution should exist by now (the controller looks for it)."""
+    since = now - dt.timedelta(seconds=AWAIT_LATE_DUE_S)
+    found: list[tuple[dt.datetime, str]] = []
+    for task in tasks:
+        if task.schedule is None or not task.enabled:
+            continue
+        latest = None
+        for latest in due_times(task.schedule, since, now + dt.timedelta(microseconds=1)):
+            pass
+        if latest is not None:
+            found.append((latest, task.name))
+    return found
 
 
 def horizon(spec: LifecycleSpec) -> dt.timedelta:
@@ -69,6 +90,9 @@ def decide(spec: LifecycleSpec, view: AgentView, now: dt.datetime, upcoming: tup
         return Decision("none", f"state {view.state}")
     if view.busy:
         return Decision("none", "work in flight")
+    if view.awaited is not None:
+        due, task = view.awaited
+        return Decision("none", f"{task} was due at {due.isoformat(timespec='seconds')} and its execution has not started yet")
     if upcoming is not None and upcoming[0] <= now + lead + dt.timedelta(seconds=spec.idle_after):
         return Decision("none", f"{upcoming[1]} is due at {upcoming[0].isoformat(timespec='seconds')}")
     woke = view.woke_at or view.since
