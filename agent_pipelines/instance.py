@@ -85,6 +85,17 @@ def ensure_instance(home: Path | None = None, *, use_postgres: bool | None = Non
     return home
 
 
+def initialize_storage(home: Path) -> None:
+    """Open the instance once, so that one process creates its databases and stamps their schema
+    version. On a fresh SQLite home, a daemon and a second process (the webserver, a CLI call)
+    opening it at the same moment can both stamp it, and Dagster then refuses the database for
+    good ("Version table 'alembic_version' has more than one head present")."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
+
+
 def write_workspace(home: Path, *, host: str, port: int) -> Path:
     """A workspace for the webserver and the daemon: the code location served by
     `dagster code-server start` (one long-lived server instead of one restarted every minute)."""

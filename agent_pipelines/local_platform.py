@@ -22,6 +22,7 @@ from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.demo_agent import RunningDemoAgent
 from agent_pipelines.http_server import RunningServer, serve_in_thread
 from agent_pipelines.ingress import create_ingress_app, server_options
+from agent_pipelines.instance import initialize_storage
 from agent_pipelines.store import StateStore, url_for_instance
 
 #: Run workers are the code server's multiprocessing children (DefaultRunLauncher).
@@ -53,6 +54,7 @@ class Platform:
         self._wrapper_env: dict[str, dict[str, str]] = {}
         self._starts = 0
         self.env = dict(os.environ, DAGSTER_HOME=str(home), AGENT_PIPELINES_CATALOG=str(catalog))
+        initialize_storage(home)  # before the daemon and this process open it side by side
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_config(str(self.home))

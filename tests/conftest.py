@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from agent_pipelines.demo_agent import DemoAgentConfig, RunningDemoAgent, run_in_thread
-from agent_pipelines.instance import POSTGRES_URL_ENV, instance_yaml
+from agent_pipelines.instance import POSTGRES_URL_ENV, initialize_storage, instance_yaml
 from agent_pipelines.store import sqlalchemy_url
 
 TEST_TOKEN = "test-token"
@@ -167,6 +167,7 @@ def dagster_home(tmp_path: Path, storage: str, request: pytest.FixtureRequest, m
         monkeypatch.delenv(POSTGRES_URL_ENV, raising=False)
     (home / "dagster.yaml").write_text(instance_yaml(use_postgres))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    initialize_storage(home)  # before a daemon and the test open it side by side
     return home
 
 
