@@ -36,7 +36,6 @@ from agent_pipelines.catalog.model import TaskSpec
 from agent_pipelines.kubernetes_config import run_tags as kubernetes_run_tags
 from agent_pipelines.kubernetes_config import task_block
 from agent_pipelines.metadata import table
-from agent_pipelines.scheduling import event_loop
 from agent_pipelines.scheduling.heartbeat import RunHeartbeat
 from resources.agents import AgentsResource
 from resources.shard_io_manager import (
@@ -218,7 +217,7 @@ def build_batch_assets(catalog: Catalog, task: TaskSpec) -> list[dg.AssetsDefini
         started = time.perf_counter()
         try:
             with RunHeartbeat(state, context.run_id), progress:
-                summaries = event_loop.run(runner.run(keys))
+                summaries = runner.run_all(keys)
         except BaseException as exc:
             close_execution(state, execution, items=0, ok=0, failed=0, shards=[], error=f"{type(exc).__name__}: {exc}")
             raise

@@ -32,6 +32,7 @@ from agent_pipelines.batch.items import Item, partition_key_for, read_item_batch
 from agent_pipelines.batch.evaluation import SAMPLES, ItemEvaluation, PromptChoice, VersionTally, result_columns
 from agent_pipelines.batch.latency import Latencies
 from agent_pipelines.batch.limits import RateLimiter
+from agent_pipelines.batch.processes import PipeLog, group_by_node, process_count, run_in_processes
 from agent_pipelines.batch.progress import ProgressBoard, count_lines
 from agent_pipelines.batch.summary import BUCKET_S
 from agent_pipelines.batch.resume import ShardResume
@@ -39,6 +40,7 @@ from agent_pipelines.catalog.model import AgentSpecBase, TaskSpec
 from agent_pipelines.catalog.templates import TemplateProblem, render
 from agent_pipelines.agents.pool import AgentConnection, AgentPool
 from agent_pipelines.json_codec import dumps_text, loads
+from agent_pipelines.scheduling import event_loop
 from agent_pipelines.scheduling.retries import retry_delay
 from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
@@ -182,6 +184,8 @@ class BatchRunner:
         self.zone = zoneinfo.ZoneInfo(task.timezone)
         self._by_name = {node.name: node for node in self.nodes}
         self._shards_per_node: dict[str, int] = {}
+        self._spooled: dict[str, int] = {}  # shard -> items spooled for it
+        self._nodes_here: set[str] = set()  # over several processes: the nodes of this one's shards
 
     # -- shard -> node -----------------------------------------------------------------------
 
@@ -199,26 +203,67 @@ class BatchRunner:
         return self.nodes[index % len(self.nodes)]
 
     def next_up(self, after: Node) -> Node | None:
+        """The next healthy node, one of this process's own first (its concurrency is this
+        process's to use; see `processes`)."""
         start = self.nodes.index(after)
-        for offset in range(1, len(self.nodes) + 1):
-            candidate = self.nodes[(start + offset) % len(self.nodes)]
-            if candidate.up:
-                return candidate
-        return None
+        following = [self.nodes[(start + offset) % len(self.nodes)] for offset in range(1, len(self.nodes) + 1)]
+        healthy = [node for node in following if node.up]
+        own = [node for node in healthy if node.name in self._nodes_here]
+        return (own or healthy or [None])[0]
 
     # -- the run --------------------------------------------------------------------------------
 
     async def run(self, shard_keys: Sequence[str]) -> list[ShardSummary]:
+        """Every shard in this process's event loop."""
+        keys = list(shard_keys)
+        with tempfile.TemporaryDirectory(prefix="agent-pipelines-shards-") as spool:
+            files = await self._prepare(keys, Path(spool))
+            return await self._stream_shards(keys, files)
+
+    def run_all(self, shard_keys: Sequence[str]) -> list[ShardSummary]:
+        """Every shard, over as many processes as pay off (`processes.process_count`): call it
+        outside an event loop (each process runs its own)."""
+        keys = list(shard_keys)
+        with tempfile.TemporaryDirectory(prefix="agent-pipelines-shards-") as spool:
+            files = event_loop.run(self._prepare(keys, Path(spool)))
+            homes = {self.home_node(key).name for key in keys}
+            count = process_count(sum(self._spooled.values()), len(homes), wanted=self.task.shard_processes)
+            if count <= 1:
+                return event_loop.run(self._stream_shards(keys, files))
+            return run_in_processes(
+                group_by_node(keys, lambda key: self.home_node(key).name, count),
+                stream=lambda group: self._stream_group(group, files),
+                prepare_child=self._as_child,
+                log=self.log,
+                parent_board=self.progress,
+                new_summary=lambda key: ShardSummary(key=key, node=self.home_node(key).name),
+            )
+
+    async def _prepare(self, keys: list[str], spool: Path) -> dict[str, Path]:
+        """Check the nodes, find what an earlier run of this execution did, spool the items."""
+        await self._check_health()
+        if self.resume is not None:
+            for key in keys:
+                self._succeeded[key] = await asyncio.to_thread(self.resume.succeeded_ids, key)
+        files = await asyncio.to_thread(self._split, keys, spool)
+        homes = [self.home_node(key).name for key in keys]
+        self._shards_per_node = {name: homes.count(name) for name in set(homes)}
+        return files
+
+    async def _stream_shards(self, keys: list[str], files: Mapping[str, Path]) -> list[ShardSummary]:
         async with self._connections():
-            await self._check_health()
-            if self.resume is not None:
-                for key in shard_keys:
-                    self._succeeded[key] = await asyncio.to_thread(self.resume.succeeded_ids, key)
-            with tempfile.TemporaryDirectory(prefix="agent-pipelines-shards-") as spool:
-                files = await asyncio.to_thread(self._split, list(shard_keys), Path(spool))
-                homes = [self.home_node(key).name for key in shard_keys]
-                self._shards_per_node = {name: homes.count(name) for name in set(homes)}
-                return list(await asyncio.gather(*(self._run_shard(key, files[key]) for key in shard_keys)))
+            return list(await asyncio.gather(*(self._run_shard(key, files[key]) for key in keys)))
+
+    def _stream_group(self, keys: list[str], files: Mapping[str, Path]) -> list[ShardSummary]:
+        """One process's shards (whole nodes) in its own event loop."""
+        self._nodes_here = {self.home_node(key).name for key in keys}
+        return event_loop.run(self._stream_shards(keys, files))
+
+    def _as_child(self, send: Callable[[tuple[Any, ...]], None]) -> ProgressBoard:
+        """In a forked child: log and progress go to the parent (see `processes`)."""
+        self.log = PipeLog(send)
+        self.progress = ProgressBoard()
+        return self.progress
 
     def _split(self, keys: list[str], directory: Path) -> dict[str, Path]:
         """Read the items once and spool each shard's items to its own file.
@@ -228,6 +273,7 @@ class BatchRunner:
         """
         files = {key: directory / f"{index}.jsonl" for index, key in enumerate(keys)}
         handles = {key: path.open("w", encoding="utf-8") for key, path in files.items()}
+        self._spooled = dict.fromkeys(keys, 0)
         try:
             done: set[str] = set()
             for batch in self.source():
@@ -238,6 +284,7 @@ class BatchRunner:
                     # already did are copied from the previous results instead of sent again
                     if handle is not None and item.id not in self._succeeded.get(shard, done):
                         handle.write(dumps_text([item.id, item.fields]) + "\n")
+                        self._spooled[shard] += 1
         finally:
             for handle in handles.values():
                 handle.close()
@@ -308,7 +355,7 @@ class BatchRunner:
         write_lock = asyncio.Lock()
         if self.progress is not None:
             # items carried over from an earlier run of the execution are counted already
-            summary.total = summary.items + await asyncio.to_thread(count_lines, spooled)
+            summary.total = summary.items + (self._spooled[key] if key in self._spooled else await asyncio.to_thread(count_lines, spooled))
             self.progress.add(summary)
         summary.started = time.monotonic()
 

@@ -554,6 +554,12 @@ class TaskSpec(Spec):
         description="batch tasks: a backfill launches one run per this many shards (default: one run for all); "
         "on Kubernetes each run is a pod of its own",
     )
+    shard_processes: int | None = Field(
+        default=None,
+        ge=1,
+        description="batch tasks: processes one run's shards are spread over, the shards of a node staying together "
+        "(default: one per core when each gets 20,000 items or more; 1 keeps every shard in the run's process)",
+    )
     checks: ChecksSpec | None = None
     tuning: TuningSpec | None = None
     kubernetes: KubernetesBlock | None = Field(
@@ -577,7 +583,7 @@ class TaskSpec(Spec):
     @model_validator(mode="after")
     def _batch_fields(self) -> TaskSpec:
         if self.items is None:
-            for name in ("shards", "shard_by", "shards_per_run"):
+            for name in ("shards", "shard_by", "shards_per_run", "shard_processes"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"`{name}` only applies to batch tasks (tasks with `items`)")
             return self
