@@ -97,7 +97,8 @@ def main() -> None:
         whole = count / result["run_s"]
         print(
             f"  {count:>9,} items: shards' step {shards:7.0f} items/s = {shards / raw:.0%} of the bound; "
-            f"whole run {whole:7.0f} items/s = {whole / raw:.0%}; ok {result['ok']:,}; peak RSS {result['peak_rss_mb']:.0f} MB{label}"
+            f"whole run {whole:7.0f} items/s = {whole / raw:.0%}; ok {result['ok']:,}; CPU {result['cpu_ms_per_item']:.2f} ms/item; "
+            f"peak RSS {result['peak_rss_mb']:.0f} MB (largest process){label}"
         )
     print(f"  peak memory for {args.items / args.small:.0f}x the items: {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x")
     if large["ok"] != args.items:

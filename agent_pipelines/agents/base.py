@@ -160,6 +160,8 @@ class AgentClient(abc.ABC):
 
     #: True when the endpoint is stateless and `task` sessions need the history replayed.
     replays_history: ClassVar[bool] = False
+    #: (token, headers) every request carries, checked once for the token they were built with
+    _fixed_headers: tuple[str | None, dict[str, str]] | None = None
 
     def __init__(self, settings: AgentSettings, http: Any) -> None:
         """`http`: a `Transport`, or an `aiohttp.ClientSession` / `httpx.AsyncClient` to wrap."""
@@ -200,18 +202,29 @@ class AgentClient(abc.ABC):
         return headers
 
     def base_headers(self, request: AgentRequest) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.auth_headers()}
+        token = self.settings.bearer_token()
+        fixed = self._fixed_headers
+        if fixed is None or fixed[0] != token:  # built and checked once per token, not per request
+            headers = {"Content-Type": "application/json", **self.settings.headers}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            for name, value in headers.items():
+                self._check_header(name, value)
+            fixed = self._fixed_headers = (token, headers)
+        headers = dict(fixed[1])
         if self.settings.idempotency_header:
+            self._check_header(self.settings.idempotency_header, request.idempotency_key)
             headers[self.settings.idempotency_header] = request.idempotency_key
-        for name, value in headers.items():
-            if not (value.isascii() and value.isprintable()):
-                # The value is left out of the message: it may be the token.
-                raise AgentCallError(
-                    FailureKind.CONFIG,
-                    f"header {name!r} of agent {self.settings.name!r} has a value HTTP cannot carry "
-                    "(non-ASCII or control characters)",
-                )
         return headers
+
+    def _check_header(self, name: str, value: str) -> None:
+        if not (value.isascii() and value.isprintable()):
+            # The value is left out of the message: it may be the token.
+            raise AgentCallError(
+                FailureKind.CONFIG,
+                f"header {name!r} of agent {self.settings.name!r} has a value HTTP cannot carry "
+                "(non-ASCII or control characters)",
+            )
 
     async def post_json(
         self, url: str, body: Any, request: AgentRequest, headers: Mapping[str, str]
