@@ -182,3 +182,20 @@ def test_a_run_over_two_processes_accounts_for_every_item_once(tmp_path, instanc
         "node0": ("finished", latest["node0"].metadata["items"].value),
         "node1": ("finished", latest["node1"].metadata["items"].value),
     }
+
+
+def test_a_down_nodes_shards_go_to_a_node_of_the_same_process_first(tmp_path: Path) -> None:
+    from agent_pipelines.batch.runner import BatchRunner
+    from assets.batch import nodes_for
+
+    catalog = load_catalog(_catalog(tmp_path / "catalog", [f"http://127.0.0.1:{9 + i}" for i in range(4)]))
+    assert catalog.ok, catalog.problems
+    task = catalog.tasks[TASK]
+    runner = BatchRunner(task=task, nodes=nodes_for(catalog, task), shard_keys=["node0", "node1", "node2", "node3"], source=list, open_writer=None, trigger=None)
+    node0, node1, node2, node3 = runner.nodes
+    node0.down_reason = "connection refused"
+    assert runner.next_up(node0) is node1, "one process: the next node round the ring"
+    runner._nodes_here = {"node0", "node2", "node3"}  # this process streams node0's, node2's and node3's shards
+    assert runner.next_up(node0) is node2, "node1's concurrency belongs to another process"
+    node2.down_reason = node3.down_reason = "connection refused"
+    assert runner.next_up(node0) is node1, "with none of its own left, any healthy node"
