@@ -34,7 +34,7 @@ MIN_ITEMS_PER_PROCESS = 20_000
 PROGRESS_EVERY_S = 0.5
 PR_SET_PDEATHSIG = 1
 #: The counters of a shard a child reports while it runs (what `ShardProgress.of` reads).
-PROGRESS_FIELDS = ("node", "items", "ok", "failed", "resumed", "check_failed", "total", "started")
+PROGRESS_FIELDS = ("key", "node", "items", "ok", "failed", "resumed", "check_failed", "total", "started")
 
 
 def process_count(items: int, groups: int, cpus: int | None = None, wanted: int | None = None) -> int:
@@ -157,7 +157,7 @@ def _child(keys: list[str], stream: Callable[[list[str]], list[Any]], prepare_ch
 
         def report() -> None:
             while not done.wait(PROGRESS_EVERY_S):
-                send(("progress", [snapshot(s) | {"key": s.key} for s in board.shards()]))
+                send(("progress", [snapshot(s) for s in board.shards()]))
 
         reporter = threading.Thread(target=report, daemon=True)
         reporter.start()

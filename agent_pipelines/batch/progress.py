@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -39,12 +38,6 @@ LOG_EVERY_S = 30.0
 #: Observations written per second at most, whatever the number of shards: each costs ~8 ms
 #: of CPU on a SQLite instance, taken from the shards' event loop (one process, one GIL).
 MAX_OBSERVATIONS_PER_S = 2.0
-
-
-def count_lines(path: Path) -> int:
-    """Items spooled for a shard (one per line), counted without parsing them."""
-    with path.open("rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
 class ProgressBoard:

@@ -33,7 +33,7 @@ from agent_pipelines.batch.evaluation import SAMPLES, ItemEvaluation, PromptChoi
 from agent_pipelines.batch.latency import Latencies
 from agent_pipelines.batch.limits import RateLimiter
 from agent_pipelines.batch.processes import PipeLog, group_by_node, process_count, run_in_processes
-from agent_pipelines.batch.progress import ProgressBoard, count_lines
+from agent_pipelines.batch.progress import ProgressBoard
 from agent_pipelines.batch.summary import BUCKET_S
 from agent_pipelines.batch.resume import ShardResume
 from agent_pipelines.catalog.model import AgentSpecBase, TaskSpec
@@ -226,8 +226,7 @@ class BatchRunner:
         keys = list(shard_keys)
         with tempfile.TemporaryDirectory(prefix="agent-pipelines-shards-") as spool:
             files = event_loop.run(self._prepare(keys, Path(spool)))
-            homes = {self.home_node(key).name for key in keys}
-            count = process_count(sum(self._spooled.values()), len(homes), wanted=self.task.shard_processes)
+            count = process_count(sum(self._spooled.values()), len(self._shards_per_node), wanted=self.task.shard_processes)
             if count <= 1:
                 return event_loop.run(self._stream_shards(keys, files))
             return run_in_processes(
@@ -355,7 +354,7 @@ class BatchRunner:
         write_lock = asyncio.Lock()
         if self.progress is not None:
             # items carried over from an earlier run of the execution are counted already
-            summary.total = summary.items + (self._spooled[key] if key in self._spooled else await asyncio.to_thread(count_lines, spooled))
+            summary.total = summary.items + self._spooled[key]
             self.progress.add(summary)
         summary.started = time.monotonic()
 

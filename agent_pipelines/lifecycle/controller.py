@@ -79,7 +79,8 @@ class LifecycleController:
         states = self.store.lifecycle_states()
         busy = self.store.agents_in_flight(list(self.specs)) | set(also_busy)
         used = self.store.last_used(list(self.specs))
-        awaited = self._awaited(now, [agent for agent in self.specs if agent not in busy and (states.get(agent) is not None and states[agent].state in (WAKING, READY))])
+        awake = [agent for agent, state in states.items() if agent in self.specs and state.state in (WAKING, READY)]
+        awaited = self._awaited(now, [agent for agent in awake if agent not in busy])
         jobs: list[Callable[[], None]] = []
         for agent, spec in self.specs.items():
             state = states.get(agent) or LifecycleState(agent, ASLEEP, now)
