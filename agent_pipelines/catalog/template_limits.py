@@ -280,10 +280,10 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 class StepBudget:
     """The steps (loop iterations and macro calls) and wall time one render may use."""
 
-    def __init__(self, steps: int = MAX_STEPS, seconds: float = MAX_SECONDS) -> None:
-        self.steps = steps
+    def __init__(self, steps: int | None = None, seconds: float | None = None) -> None:
+        self.steps = steps = MAX_STEPS if steps is None else steps  # read per render, not at import
         self.left = steps
-        self.seconds = seconds
+        self.seconds = seconds = MAX_SECONDS if seconds is None else seconds
         self.deadline = time.monotonic() + seconds
 
     def tick(self) -> None:
