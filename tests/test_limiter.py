@@ -217,6 +217,33 @@ def test_the_baseline_is_measured_again_one_request_at_a_time() -> None:
     assert limiter.state.next_probe_at == pytest.approx(61.0 + 60.0)
 
 
+def test_a_probe_ends_at_its_first_answer_when_draining_changed_nothing() -> None:
+    """An agent slow with others' queue (5 s answers behind a gateway's own cron jobs): our burst
+    of 4 answered in 10-40 s, and one request alone still takes 22 s. Two more answers one at a
+    time (~45 s at a limit of 1) could not make the burst's answers look like our queue."""
+    limiter = GradientLimiter(4)
+    limiter.on_answer(10.0, in_flight=1, sent_at=0.0, now=10.0)
+    assert limiter.probing
+    for n, latency in ((2, 20.0), (3, 30.0), (4, 40.0)):
+        limiter.on_answer(latency, in_flight=n, sent_at=0.0, now=latency)
+    limiter.on_answer(22.0, in_flight=1, sent_at=40.0, now=62.0)
+    assert not limiter.probing and limiter.baseline_s == 22.0
+    assert limiter.limit == 4, "the burst's answers were within the tolerance of one alone"
+
+
+def test_a_probe_goes_on_when_draining_made_the_agent_faster() -> None:
+    """Our own queue: 8 in flight took 8 s, one alone 1 s. The baseline needs all three answers."""
+    limiter = GradientLimiter(8)
+    limiter.on_answer(8.0, in_flight=8, sent_at=0.0, now=8.0)
+    limiter.on_answer(8.1, in_flight=7, sent_at=0.0, now=8.1)
+    limiter.on_answer(1.0, in_flight=1, sent_at=9.0, now=10.0)
+    assert limiter.probing, "one answer alone much faster than the burst's: keep measuring"
+    limiter.on_answer(1.2, in_flight=1, sent_at=10.0, now=11.2)
+    limiter.on_answer(0.9, in_flight=1, sent_at=11.2, now=12.1)
+    assert not limiter.probing and limiter.baseline_s == 1.0
+    assert limiter.limit < 8, "the burst's 8 s answers are judged as our queue"
+
+
 def test_restored_state_is_clamped_to_the_agents_bounds() -> None:
     state = LimiterState.from_json(LimiterState(estimate=40.0, baseline_s=0.5, recent_s=0.7, samples=9).to_json())
     limiter = GradientLimiter(8, state=state)

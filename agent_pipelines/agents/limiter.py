@@ -203,18 +203,8 @@ class GradientLimiter:
                 self._probe.append(latency_s)
             else:
                 self._unjudged.append((latency_s, in_flight))
-            if len(self._probe) >= s.probe_answers:
-                state.baseline_s = statistics.median(self._probe)
-                state.next_probe_at = now + s.probe_every_s
-                # The probe measured one request alone directly: the line starts again from its
-                # answers (an old line would keep a queue of others that has since gone).
-                self._forget_line()
-                for latency in self._probe:
-                    self._remember(1, latency)
-                unjudged, self._probe_started_at, self._probe, self._unjudged = self._unjudged, None, [], []
-                state.probing = False
-                for latency, when_sent in unjudged:  # what arrived meanwhile, against the new baseline
-                    self._adjust(latency, when_sent)
+            if len(self._probe) >= s.probe_answers or self._draining_changed_nothing():
+                self._end_probe(now)
             return
         if state.baseline_s is None or state.next_probe_at is None or now >= state.next_probe_at:
             if self._others_queue_dominates():
@@ -228,6 +218,33 @@ class GradientLimiter:
         if self._line is not None:
             state.solo_s = self._line.solo_s
         self._adjust(latency_s, in_flight)
+
+    def _draining_changed_nothing(self) -> bool:
+        """The probe's first answer, one request alone, took about as long as the answers sent
+        before the drain with more of ours in flight: it is not our queue that makes the agent
+        slow, so more answers one at a time could not make those look like queueing. Each costs
+        a full answer at a limit of 1, which is what the probe of an agent slow with others'
+        queue (an LLM gateway's own cron jobs) cannot afford: it ends at the first."""
+        s = self.settings
+        if len(self._probe) != 1 or not self._unjudged:
+            return False
+        alone = self._probe[0]
+        sent_with_others = [latency for latency, in_flight in self._unjudged if in_flight > 1]
+        return bool(sent_with_others) and max(sent_with_others) <= s.tolerance * alone + s.slack_s
+
+    def _end_probe(self, now: float) -> None:
+        s, state = self.settings, self.state
+        state.baseline_s = statistics.median(self._probe)
+        state.next_probe_at = now + s.probe_every_s
+        # The probe measured one request alone directly: the line starts again from its
+        # answers (an old line would keep a queue of others that has since gone).
+        self._forget_line()
+        for latency in self._probe:
+            self._remember(1, latency)
+        unjudged, self._probe_started_at, self._probe, self._unjudged = self._unjudged, None, [], []
+        state.probing = False
+        for latency, when_sent in unjudged:  # what arrived meanwhile, against the new baseline
+            self._adjust(latency, when_sent)
 
     def _others_queue_dominates(self) -> bool:
         """The fitted line says one request of ours alone now waits well beyond the baseline:
