@@ -213,6 +213,7 @@ def build_batch_assets(catalog: Catalog, task: TaskSpec) -> list[dg.AssetsDefini
         registry = PromptRegistry(state)
         runner.evaluation = evaluation = ItemEvaluation.for_run(catalog, task, registry, agents.pool)
         runner.progress = ProgressBoard()
+        runner.load_store, runner.run_id = state, context.run_id
         progress = ProgressReporter(context.instance, context.run_id, asset_key, runner.progress, log=context.log)
         started = time.perf_counter()
         try:

@@ -6,6 +6,7 @@ Real demo agents on 127.0.0.1, a real SQLite instance, a real fork."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import os
 import re
 import threading
@@ -23,6 +24,9 @@ from agent_pipelines.batch.triggers import batch_job_name
 from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.composition import build_definitions
 from agent_pipelines.demo_agent import DemoAgentConfig, run_in_thread
+from agent_pipelines.lifecycle.report import agent_rows
+from agent_pipelines.scheduling.load import agent_loads
+from agent_pipelines.store import StateStore
 from tests.conftest import TEST_TOKEN
 
 TASK = "triage"
@@ -132,7 +136,8 @@ tasks:
 
 
 def test_a_run_over_two_processes_accounts_for_every_item_once(tmp_path, instance, two_nodes) -> None:
-    defs = build_definitions(load_catalog(_catalog(tmp_path / "catalog", [a.url for a in two_nodes])))
+    catalog = load_catalog(_catalog(tmp_path / "catalog", [a.url for a in two_nodes]))
+    defs = build_definitions(catalog)
     outcome: dict[str, dg.ExecuteInProcessResult] = {}
 
     def backfill() -> None:
@@ -148,9 +153,13 @@ def test_a_run_over_two_processes_accounts_for_every_item_once(tmp_path, instanc
     def observations() -> list[dg.AssetObservation]:
         return [r.asset_observation for r in instance.fetch_observations(dg.AssetKey(TASK), limit=500).records]
 
+    store = StateStore.for_instance(instance)
+    nodes = ["pair_node0", "pair_node1"]
+    busy: dict[str, str] = {}  # node -> the holder that had requests in flight to it
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline and thread.is_alive():
-        if {o.partition for o in observations() if o.metadata["state"].value == "running"} == {"node0", "node1"}:
+        busy.update({view.agent: view.holder for view in store.agent_loads(nodes) if view.in_flight > 0})
+        if {o.partition for o in observations() if o.metadata["state"].value == "running"} == {"node0", "node1"} and len(busy) == 2:
             break
         time.sleep(0.1)
     running = {o.partition for o in observations() if o.metadata["state"].value == "running"}
@@ -158,6 +167,21 @@ def test_a_run_over_two_processes_accounts_for_every_item_once(tmp_path, instanc
     thread.join(DEADLINE_S)
     result = outcome["result"]
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+
+    # Each process shared its node's load as a dispatcher run does: seen in flight while the run
+    # went on, under the run's id and the process's, and nothing in flight once it ended.
+    assert sorted(busy) == nodes and len(set(busy.values())) == 2, busy
+    assert all(holder.startswith(f"{result.run_id}:") for holder in busy.values()), busy
+    final = {view.holder: view for view in store.agent_loads(nodes)}
+    assert {final[holder].in_flight for holder in busy.values()} == {0}
+    summary = agent_loads(store, nodes, dt.datetime.now(dt.timezone.utc))
+    assert {name: (s.in_flight, s.max_limit) for name, s in summary.items()} == {name: (0, 4) for name in nodes}
+    assert all(s.latency_ms and s.latency_ms >= 80 for s in summary.values()), "the nodes' latency as the batch saw it"
+    header, *rows = agent_rows(catalog, store, dt.datetime.now(dt.timezone.utc))
+    shown = {row[0]: dict(zip(header, row)) for row in rows}
+    assert {name: (shown[name]["lifecycle"], shown[name]["limit"].split("/")[1], shown[name]["in flight"]) for name in nodes} == {
+        name: ("node of pair", "4", "0") for name in nodes
+    }, "`agent list` shows the fleet's nodes with the load the batch left"
 
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     carried = {m.split(":")[0]: re.search(r"in process (\d+)", m).group(1) for m in messages if re.search(r"in process \d+", m)}

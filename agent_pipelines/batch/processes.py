@@ -80,6 +80,10 @@ class PipeLog:
     def error(self, message: object) -> None:
         self._line("error", message)
 
+    def exception(self, message: object) -> None:
+        """An error with the traceback being handled, as `logging.Logger.exception`."""
+        self._line("error", f"{message}\n{traceback.format_exc()}")
+
 
 def snapshot(summary: Any) -> dict[str, Any]:
     return {name: getattr(summary, name) for name in PROGRESS_FIELDS}

@@ -17,6 +17,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import tempfile
 import time
 import zoneinfo
@@ -41,8 +42,12 @@ from agent_pipelines.catalog.templates import TemplateProblem, render
 from agent_pipelines.agents.pool import AgentConnection, AgentPool
 from agent_pipelines.json_codec import dumps_text, loads
 from agent_pipelines.scheduling import event_loop
+from agent_pipelines.scheduling.admission import Admission
+from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
+from agent_pipelines.scheduling.load import LoadBoard
 from agent_pipelines.scheduling.retries import retry_delay
 from agent_pipelines.scheduling.triggers import Trigger
+from agent_pipelines.store import StateStore
 from agent_pipelines.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
 
 UTC = dt.timezone.utc
@@ -151,6 +156,10 @@ class BatchRunner:
     evaluation: ItemEvaluation | None = None
     #: Where shards show up as they start, for a progress reporter on another thread.
     progress: ProgressBoard | None = None
+    #: Where the run shares its nodes' load with every other run calling them (None: it does not).
+    load_store: StateStore | None = None
+    #: The run's id: with the process id, who holds the load views this run writes.
+    run_id: str = "batch"
 
     def __init__(
         self,
@@ -250,8 +259,35 @@ class BatchRunner:
         return files
 
     async def _stream_shards(self, keys: list[str], files: Mapping[str, Path]) -> list[ShardSummary]:
-        async with self._connections():
+        async with self._connections(), self._sharing_load():
             return list(await asyncio.gather(*(self._run_shard(key, files[key]) for key in keys)))
+
+    @contextlib.asynccontextmanager
+    async def _sharing_load(self) -> AsyncIterator[None]:
+        """Share this process's nodes' load through the store as a dispatcher run does
+        (`scheduling.load`): what the scheduled runs have in flight to a node counts against its
+        one limit here, ours counts there, the limit goes on from the learned state, and `agent
+        list` and the agents' assets show the batch's requests in flight."""
+        if self.load_store is None:
+            yield
+            return
+        board = LoadBoard(self.load_store, f"{self.run_id}:{os.getpid()}", SYSTEM_CLOCK, Admission(SYSTEM_CLOCK), self.log)
+        nodes = [n for n in self.nodes if n.connection is not None and (not self._nodes_here or n.name in self._nodes_here)]
+        await asyncio.to_thread(board.load, [node.spec.name for node in nodes])
+        for node in nodes:
+            assert node.connection is not None
+            board.track(node.spec.name, node.connection.gate)
+        syncing = asyncio.create_task(board.run())
+        try:
+            yield
+        finally:
+            syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncing
+            try:
+                await board.sync(final=True)  # nothing of ours in flight any more
+            except Exception as exc:  # noqa: BLE001 - the views are advisory; a stale one stops counting in 10 s
+                self.log.warning(f"could not write the final load views: {type(exc).__name__}: {exc}")
 
     def _stream_group(self, keys: list[str], files: Mapping[str, Path]) -> list[ShardSummary]:
         """One process's shards (whole nodes) in its own event loop."""
@@ -262,6 +298,8 @@ class BatchRunner:
         """In a forked child: log and progress go to the parent (see `processes`)."""
         self.log = PipeLog(send)
         self.progress = ProgressBoard()
+        if self.load_store is not None:  # the parent's pooled connections are not this process's to use
+            self.load_store.engine.dispose(close=False)
         return self.progress
 
     def _split(self, keys: list[str], directory: Path) -> dict[str, Path]:

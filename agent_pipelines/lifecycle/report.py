@@ -23,7 +23,9 @@ def agent_rows(catalog: Catalog, store: StateStore, now: dt.datetime) -> list[tu
     day_ago = now - dt.timedelta(days=1)
     events = store.lifecycle_events(since=day_ago - dt.timedelta(days=1))
     hours = agent_hours(events, now, since=day_ago)
-    loads = agent_loads(store, sorted(catalog.agents), now)
+    # a fleet's nodes are called by batch runs only, whose processes share their load too
+    fleet_nodes = {spec.name: (fleet.name, spec) for fleet in catalog.fleets.values() for spec in fleet.node_specs}
+    loads = agent_loads(store, sorted([*catalog.agents, *fleet_nodes]), now)
     rows: list[tuple[str, ...]] = [HEADER]
     for name, agent in sorted(catalog.agents.items()):
         load = _load_columns(loads.get(name), agent.max_concurrency)
@@ -49,6 +51,9 @@ def agent_rows(catalog: Catalog, store: StateStore, now: dt.datetime) -> list[tu
                 *load,
             )
         )
+    for name, (fleet, spec) in sorted(fleet_nodes.items()):
+        load = _load_columns(loads.get(name), spec.max_concurrency)
+        rows.append((name, spec.kind, f"node of {fleet}", "-", "-", "-", "-", "-", "-", *load))
     return rows
 
 
