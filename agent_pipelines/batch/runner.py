@@ -273,7 +273,10 @@ class BatchRunner:
             return
         board = LoadBoard(self.load_store, f"{self.run_id}:{os.getpid()}", SYSTEM_CLOCK, Admission(SYSTEM_CLOCK), self.log)
         nodes = [n for n in self.nodes if n.connection is not None and (not self._nodes_here or n.name in self._nodes_here)]
-        await asyncio.to_thread(board.load, [node.spec.name for node in nodes])
+        try:
+            await asyncio.to_thread(board.load, [node.spec.name for node in nodes])
+        except Exception as exc:  # noqa: BLE001 - advisory: the batch goes on from each node's max_concurrency
+            self.log.warning(f"could not read the nodes' learned limits: {type(exc).__name__}: {exc}")
         for node in nodes:
             assert node.connection is not None
             board.track(node.spec.name, node.connection.gate)
