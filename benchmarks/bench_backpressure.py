@@ -20,6 +20,10 @@ model and nothing says why). `--baseline fixed` runs the agent_pipelines side ag
 back-pressure (limit pinned at max_concurrency, no deadline: what the dispatcher did before),
 in the same gateway, for the ratio.
 
+`--warm-up N` starts both sides N minutes before the measured window (steady state: the
+limiter's first probe on a fresh store and the gateway's first turns fall outside it; a platform
+that runs for days learns its agents once).
+
 Target (issue 15): agent_pipelines completes at least as many due executions as the gateway's own
 cron, with p99 lateness at the model of what it completes no worse, and 0 lost.
 """
@@ -277,19 +281,22 @@ def _platform(llm_latency: float) -> Iterator[tuple[RunningFakeLlm, RunningOpenC
 
 
 def measure(
-    llm: RunningFakeLlm, gateway: RunningOpenClaw, workdir: Path, *, run: str, tasks: int, period: int, minutes: float, fixed: bool, drain_s: float, overload: str
+    llm: RunningFakeLlm, gateway: RunningOpenClaw, workdir: Path, *, run: str, tasks: int, period: int, minutes: float, fixed: bool, drain_s: float, overload: str,
+    warm_up: int = 0,
 ) -> tuple[Side, Side, dict[str, Any]]:
     store = StateStore.for_url(f"sqlite:///{workdir / f'{run}.db'}")
     catalog = _catalog(workdir / f"catalog-{run}", gateway, run, tasks, period, max_concurrency=tasks, fixed=fixed, overload=overload)
     ids = _add_cron_jobs(gateway, run, tasks, period)
     now = time.time()
-    start = dt.datetime.fromtimestamp((now + RUN_LEAD_S + 15) // 60 * 60 + 60, UTC)
+    begin = dt.datetime.fromtimestamp((now + RUN_LEAD_S + 15) // 60 * 60 + 60, UTC)
+    start = begin + dt.timedelta(minutes=warm_up)  # both sides run from `begin`; due times from `start` count
     end = start + dt.timedelta(minutes=minutes)
-    print(f"[{run}] measuring {start:%H:%M:%S}-{end:%H:%M:%S} UTC ({'no back-pressure' if fixed else f'back-pressure, overload: {overload}'})", flush=True)
+    warming = f" after {warm_up} min of the same load from {begin:%H:%M:%S}" if warm_up else ""
+    print(f"[{run}] measuring {start:%H:%M:%S}-{end:%H:%M:%S} UTC{warming} ({'no back-pressure' if fixed else f'back-pressure, overload: {overload}'})", flush=True)
     stop = threading.Event()
-    enabler = threading.Timer(max(0.0, start.timestamp() - period / 2 - time.time()), _all_at_once, (gateway, "enable", ids))
+    enabler = threading.Timer(max(0.0, begin.timestamp() - period / 2 - time.time()), _all_at_once, (gateway, "enable", ids))
     enabler.start()
-    threads = _run_windows(catalog, store, start, end, fixed, stop)
+    threads = _run_windows(catalog, store, begin, end, fixed, stop)
     while time.time() < end.timestamp():
         time.sleep(1)
     enabler.join()
@@ -314,6 +321,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=4, help="agent_pipelines tasks, and as many gateway cron jobs")
     parser.add_argument("--period", type=int, default=20, help="seconds between due times (divides 60)")
     parser.add_argument("--minutes", type=float, default=4.0, help="measured window")
+    parser.add_argument(
+        "--warm-up", type=int, default=0,
+        help="whole minutes both sides run the same load before the measured window (steady state: the limiter's first probe and the gateway's first turns fall outside it)",
+    )
     parser.add_argument("--llm-latency", type=float, default=None, help="seconds per model answer (default: half the offered load)")
     parser.add_argument(
         "--overload", nargs="+", choices=["latest_only", "skip_while_running"], default=["latest_only", "skip_while_running"],
@@ -333,7 +344,7 @@ def main() -> None:
         runs = [(f"bp{n}", False, overload) for n, overload in enumerate(args.overload)]
         runs += [("fixed", True, "all")] if args.baseline == "fixed" else []
         for run, fixed, overload in runs:
-            results.append(measure(llm, gateway, workdir, run=run, tasks=args.tasks, period=args.period, minutes=args.minutes, fixed=fixed, drain_s=args.drain, overload=overload))
+            results.append(measure(llm, gateway, workdir, run=run, tasks=args.tasks, period=args.period, minutes=args.minutes, fixed=fixed, drain_s=args.drain, overload=overload, warm_up=args.warm_up))
     print()
     print("| side | due | completed | skipped (reason recorded) | unknown | lost | lateness at model p50 | p99 | max |")
     print("|---|---|---|---|---|---|---|---|---|")
