@@ -225,12 +225,11 @@ class GradientLimiter:
         slow, so more answers one at a time could not make those look like queueing. Each costs
         a full answer at a limit of 1, which is what the probe of an agent slow with others'
         queue (an LLM gateway's own cron jobs) cannot afford: it ends at the first."""
-        s = self.settings
-        if len(self._probe) != 1 or not self._unjudged:
+        if len(self._probe) != 1:
             return False
-        alone = self._probe[0]
         sent_with_others = [latency for latency, in_flight in self._unjudged if in_flight > 1]
-        return bool(sent_with_others) and max(sent_with_others) <= s.tolerance * alone + s.slack_s
+        tolerated = self.settings.tolerance * self._probe[0] + self.settings.slack_s
+        return bool(sent_with_others) and max(sent_with_others) <= tolerated
 
     def _end_probe(self, now: float) -> None:
         s, state = self.settings, self.state

@@ -272,14 +272,17 @@ class BatchRunner:
             yield
             return
         board = LoadBoard(self.load_store, f"{self.run_id}:{os.getpid()}", SYSTEM_CLOCK, Admission(SYSTEM_CLOCK), self.log)
-        nodes = [n for n in self.nodes if n.connection is not None and (not self._nodes_here or n.name in self._nodes_here)]
+        gates = {
+            node.spec.name: node.connection.gate
+            for node in self.nodes
+            if node.connection is not None and (not self._nodes_here or node.name in self._nodes_here)
+        }
         try:
-            await asyncio.to_thread(board.load, [node.spec.name for node in nodes])
+            await asyncio.to_thread(board.load, list(gates))
         except Exception as exc:  # noqa: BLE001 - advisory: the batch goes on from each node's max_concurrency
             self.log.warning(f"could not read the nodes' learned limits: {type(exc).__name__}: {exc}")
-        for node in nodes:
-            assert node.connection is not None
-            board.track(node.spec.name, node.connection.gate)
+        for agent, gate in gates.items():
+            board.track(agent, gate)
         syncing = asyncio.create_task(board.run())
         try:
             yield
