@@ -14,6 +14,7 @@ from assets import (
     build_agent_definitions,
     build_batch_definitions,
     build_catalog_definitions,
+    build_fleet_definitions,
     build_prompt_definitions,
     build_task_definitions,
 )
@@ -28,6 +29,7 @@ def build_definitions(catalog: Catalog) -> dg.Definitions:
     areas = dg.Definitions.merge(
         build_task_definitions(catalog),
         build_agent_definitions(catalog),
+        build_fleet_definitions(catalog),
         build_batch_definitions(catalog),
         build_prompt_definitions(catalog),
         build_catalog_definitions(catalog),

@@ -1,6 +1,7 @@
 """Every agent as an asset (`agents/<name>`), with a `healthy` check, a `not_saturated` check and
 load observations (agent_pipelines.scheduling.load_publication), and for agents with a
 `lifecycle:` a `wakes` check and lifecycle observations (agent_pipelines.lifecycle.publication).
+Fleets, whose nodes have no asset each, are in assets/fleets.py.
 
 The dispatcher evaluates the check whenever an agent's state changes (marked unhealthy after
 repeated refused connections or credentials, healthy again once it answers). Executing the check

@@ -1,18 +1,32 @@
 """What the Dagster UI shows of an agent's load: an observation on its asset (`agents/<name>`)
 with requests in flight and waiting, its learned limit and latency (numeric metadata, so the UI
 plots them over time), and its `not_saturated` check, failed while executions wait too long for
-it or wait past their deadline."""
+it or wait past their deadline. A fleet's nodes have no asset of their own: their totals and one
+row per node go on the fleet's asset (`fleets/<name>`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
 
 from agent_pipelines.scheduling.load import SATURATED_FOR, SATURATED_WAIT_S, LoadSummary
-from agent_pipelines.scheduling.publication import agent_asset_key
+from agent_pipelines.scheduling.publication import agent_asset_key, fleet_asset_key
 
 NOT_SATURATED_CHECK = "not_saturated"
+#: A fleet may have thousands of nodes: its observation lists the busiest this many.
+MAX_NODE_ROWS = 100
+NODE_COLUMNS = dg.TableSchema(
+    columns=[
+        dg.TableColumn("node", "string"),
+        dg.TableColumn("in_flight", "int"),
+        dg.TableColumn("limit", "int"),
+        dg.TableColumn("max_concurrency", "int"),
+        dg.TableColumn("latency_ms", "float"),
+        dg.TableColumn("updated_at", "string", description="its newest load view (blank: no run called it yet)"),
+    ]
+)
 CHECK_DESCRIPTION = (
     f"The agent keeps up: no execution has waited {SATURATED_WAIT_S:g} s for it in the platform's queue, "
     f"and none waited past its deadline in the last {int(SATURATED_FOR.total_seconds() // 60)} minutes."
@@ -43,6 +57,58 @@ def load_metadata(summary: LoadSummary) -> dict[str, Any]:
 
 def load_observation(summary: LoadSummary) -> dg.AssetObservation:
     return dg.AssetObservation(asset_key=agent_asset_key(summary.agent), metadata=load_metadata(summary))
+
+
+def fleet_load_metadata(nodes: Mapping[str, int], loads: Mapping[str, LoadSummary]) -> dict[str, Any]:
+    """Totals over a fleet's nodes (numbers, so the UI plots them) and a `nodes` table.
+
+    `nodes` maps each node's agent name to its `max_concurrency`: a node no run has called yet
+    counts at that limit, as `agent list` shows it. `latency_ms` is the mean over the nodes that
+    have one.
+    """
+    found = [loads[node] for node in nodes if node in loads]
+    latencies = [s.latency_ms for s in found if s.latency_ms is not None]
+    metadata: dict[str, Any] = {
+        "in_flight": dg.MetadataValue.int(sum(s.in_flight for s in found)),
+        "queued": dg.MetadataValue.int(sum(s.queued for s in found)),
+        "limit": dg.MetadataValue.int(sum(loads[n].limit if n in loads else most for n, most in nodes.items())),
+        "max_concurrency": dg.MetadataValue.int(sum(loads[n].max_limit if n in loads else most for n, most in nodes.items())),
+        "nodes_busy": dg.MetadataValue.int(sum(1 for s in found if s.in_flight > 0)),
+        "nodes_reporting": dg.MetadataValue.int(len(found)),
+    }
+    if latencies:
+        metadata["latency_ms"] = dg.MetadataValue.float(round(sum(latencies) / len(latencies), 3))
+    if found:
+        metadata["load_updated_at"] = dg.MetadataValue.timestamp(max(s.updated_at for s in found))
+    shown = sorted(nodes)
+    if len(shown) > MAX_NODE_ROWS:
+        metadata["nodes_not_listed"] = dg.MetadataValue.int(len(shown) - MAX_NODE_ROWS)
+        shown = sorted(_busiest(shown, loads)[:MAX_NODE_ROWS])
+    metadata["nodes"] = dg.MetadataValue.table([_node_row(n, nodes[n], loads.get(n)) for n in shown], schema=NODE_COLUMNS)
+    return metadata
+
+
+def _busiest(nodes: list[str], loads: Mapping[str, LoadSummary]) -> list[str]:
+    """Most in flight first; nodes no run called yet last."""
+    return sorted(nodes, key=lambda n: (-loads[n].in_flight if n in loads else 1, n))
+
+
+def _node_row(node: str, max_concurrency: int, load: LoadSummary | None) -> dg.TableRecord:
+    if load is None:  # no run has called it: blank cells, its limit is its max_concurrency
+        cells = {"in_flight": None, "limit": max_concurrency, "max_concurrency": max_concurrency, "latency_ms": None, "updated_at": None}
+    else:
+        cells = {
+            "in_flight": load.in_flight,
+            "limit": load.limit,
+            "max_concurrency": load.max_limit,
+            "latency_ms": load.latency_ms,
+            "updated_at": load.updated_at.isoformat(timespec="seconds"),
+        }
+    return dg.TableRecord({"node": node, **cells})
+
+
+def fleet_load_observation(fleet: str, nodes: Mapping[str, int], loads: Mapping[str, LoadSummary]) -> dg.AssetObservation:
+    return dg.AssetObservation(asset_key=fleet_asset_key(fleet), metadata=fleet_load_metadata(nodes, loads))
 
 
 def saturation_evaluation(agent: str, summary: LoadSummary | None) -> dg.AssetCheckEvaluation:

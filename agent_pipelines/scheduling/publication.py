@@ -26,6 +26,8 @@ from agent_pipelines.store import AgentHealth, Execution, ResultRecord, status
 SUCCEEDED_CHECK = "succeeded"
 #: Every agent is an asset `agents/<name>` whose check `healthy` says whether it is used.
 AGENT_KEY_PREFIX = "agents"
+#: Every fleet is an asset `fleets/<name>` carrying its nodes' load (its nodes have no asset).
+FLEET_KEY_PREFIX = "fleets"
 HEALTHY_CHECK = "healthy"
 PREVIEW_CHARS = 4000
 PROMPT_PREVIEW_CHARS = 2000
@@ -221,6 +223,10 @@ CATALOG_ASSET_KEY = dg.AssetKey("agent_catalog")
 
 def agent_asset_key(agent: str) -> dg.AssetKey:
     return dg.AssetKey([AGENT_KEY_PREFIX, agent])
+
+
+def fleet_asset_key(fleet: str) -> dg.AssetKey:
+    return dg.AssetKey([FLEET_KEY_PREFIX, fleet])
 
 
 def health_check(health: AgentHealth) -> dg.AssetCheckEvaluation:
