@@ -96,7 +96,7 @@ def _pct(values: list[float], q: float) -> float:
 # -- the agent_pipelines side ------------------------------------------------------------------
 
 
-def _catalog(directory: Path, gateway: RunningOpenClaw, run: str, tasks: int, period: int, max_concurrency: int, fixed: bool, overload: str) -> Catalog:
+def _catalog(directory: Path, gateway: RunningOpenClaw, run: str, tasks: int, period: int, max_concurrency: int, fixed: bool, overload: str, grace_s: float = 60.0) -> Catalog:
     directory.mkdir(parents=True, exist_ok=True)
     lines = [
         "agents:",
@@ -114,7 +114,7 @@ def _catalog(directory: Path, gateway: RunningOpenClaw, run: str, tasks: int, pe
             "    owner: bench",
             "    agent: claw",
             f"    schedule: {{cron: '*/{period} * * * * *'}}",
-            f"    misfire: {{grace: {'3600s' if fixed else '60s'}}}",
+            f"    misfire: {{grace: {'3600' if fixed else f'{grace_s:g}'}s}}",
             f"    overload: {'all' if fixed else overload}",
             f"    prompt: 'bpap-{run}-{i} due {{{{ due_time.isoformat() }}}} -- one line of status, please.'",
         ]
@@ -282,17 +282,17 @@ def _platform(llm_latency: float) -> Iterator[tuple[RunningFakeLlm, RunningOpenC
 
 def measure(
     llm: RunningFakeLlm, gateway: RunningOpenClaw, workdir: Path, *, run: str, tasks: int, period: int, minutes: float, fixed: bool, drain_s: float, overload: str,
-    warm_up: int = 0,
+    warm_up: int = 0, grace_s: float = 60.0,
 ) -> tuple[Side, Side, dict[str, Any]]:
     store = StateStore.for_url(f"sqlite:///{workdir / f'{run}.db'}")
-    catalog = _catalog(workdir / f"catalog-{run}", gateway, run, tasks, period, max_concurrency=tasks, fixed=fixed, overload=overload)
+    catalog = _catalog(workdir / f"catalog-{run}", gateway, run, tasks, period, max_concurrency=tasks, fixed=fixed, overload=overload, grace_s=grace_s)
     ids = _add_cron_jobs(gateway, run, tasks, period)
     now = time.time()
     begin = dt.datetime.fromtimestamp((now + RUN_LEAD_S + 15) // 60 * 60 + 60, UTC)
     start = begin + dt.timedelta(minutes=warm_up)  # both sides run from `begin`; due times from `start` count
     end = start + dt.timedelta(minutes=minutes)
     warming = f" after {warm_up} min of the same load from {begin:%H:%M:%S}" if warm_up else ""
-    print(f"[{run}] measuring {start:%H:%M:%S}-{end:%H:%M:%S} UTC{warming} ({'no back-pressure' if fixed else f'back-pressure, overload: {overload}'})", flush=True)
+    print(f"[{run}] measuring {start:%H:%M:%S}-{end:%H:%M:%S} UTC{warming} ({'no back-pressure' if fixed else f'back-pressure, overload: {overload}, misfire grace {grace_s:g} s'})", flush=True)
     stop = threading.Event()
     enabler = threading.Timer(max(0.0, begin.timestamp() - period / 2 - time.time()), _all_at_once, (gateway, "enable", ids))
     enabler.start()
@@ -307,7 +307,7 @@ def measure(
     while time.time() < deadline and any(c.finished_at is None for c in llm.calls()):
         time.sleep(1)
     calls = llm.calls()
-    ap = _ap_side("agent_pipelines" + (" (no back-pressure)" if fixed else f" ({overload})"), store, catalog, calls, run, start, end)
+    ap = _ap_side("agent_pipelines" + (" (no back-pressure)" if fixed else f" ({overload}, grace {grace_s:g} s)"), store, catalog, calls, run, start, end)
     gw = _gw_side(gateway, ids, calls, run, start, end, period)
     for job_id in ids:
         gateway.cli("cron", "rm", job_id)
@@ -327,8 +327,12 @@ def main() -> None:
     )
     parser.add_argument("--llm-latency", type=float, default=None, help="seconds per model answer (default: half the offered load)")
     parser.add_argument(
-        "--overload", nargs="+", choices=["latest_only", "skip_while_running"], default=["latest_only", "skip_while_running"],
+        "--overload", nargs="+", choices=["latest_only", "skip_while_running", "wait_while_running"], default=["latest_only", "skip_while_running"],
         help="the agent_pipelines tasks' overload policy: one measured run each",
+    )
+    parser.add_argument(
+        "--grace", type=float, nargs="+", default=[60.0],
+        help="the agent_pipelines tasks' misfire grace in seconds (how late a due time may still start): one measured run per overload and grace",
     )
     parser.add_argument("--baseline", choices=["fixed", "none"], default="fixed", help="also run agent_pipelines without back-pressure")
     parser.add_argument("--drain", type=float, default=150.0, help="seconds to wait for what is in flight after the window")
@@ -341,10 +345,14 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-bp-work-") as work, _platform(llm_latency) as (llm, gateway):
         workdir = Path(work)
-        runs = [(f"bp{n}", False, overload) for n, overload in enumerate(args.overload)]
-        runs += [("fixed", True, "all")] if args.baseline == "fixed" else []
-        for run, fixed, overload in runs:
-            results.append(measure(llm, gateway, workdir, run=run, tasks=args.tasks, period=args.period, minutes=args.minutes, fixed=fixed, drain_s=args.drain, overload=overload, warm_up=args.warm_up))
+        choices = [(overload, grace) for overload in args.overload for grace in args.grace]
+        runs = [(f"bp{n}", False, overload, grace) for n, (overload, grace) in enumerate(choices)]
+        runs += [("fixed", True, "all", 3600.0)] if args.baseline == "fixed" else []
+        for run, fixed, overload, grace in runs:
+            results.append(measure(
+                llm, gateway, workdir, run=run, tasks=args.tasks, period=args.period, minutes=args.minutes, fixed=fixed, drain_s=args.drain,
+                overload=overload, warm_up=args.warm_up, grace_s=grace,
+            ))
     print()
     print("| side | due | completed | skipped (reason recorded) | unknown | lost | lateness at model p50 | p99 | max |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -206,7 +206,7 @@ def test_latest_only_needs_a_recurring_schedule() -> None:
         task("once", overload="skip_while_running", schedule={"at": "2026-12-01T09:00:00+00:00"})
 
 
-def test_skip_while_running_skips_a_due_time_while_an_earlier_one_is_in_flight() -> None:
+def test_one_at_a_time_refuses_a_due_time_while_an_earlier_one_is_in_flight() -> None:
     spec = task("poll", overload="skip_while_running")
     newer = due(spec, 10)
     earlier = newer.key.replace("12:00:10", "12:00:00")
@@ -217,3 +217,5 @@ def test_skip_while_running_skips_a_due_time_while_an_earlier_one_is_in_flight()
     assert still_running(newer, {newer.key: T0}, now) is None, "its own attempt is not an earlier one"
     assert still_running(due(spec, 10, retry_number=1), {earlier: T0}, now) is None, "a retry is not a new due time"
     assert still_running(due(task("poll", overload="latest_only"), 10), {earlier: T0}, now) is None
+    waits = still_running(due(task("poll", overload="wait_while_running"), 10), {earlier: T0}, now, waited="waited 5 s")
+    assert waits is not None and waits.reason.endswith("for 10.5 s (waited 5 s; overload: wait_while_running)")

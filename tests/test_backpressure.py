@@ -193,3 +193,55 @@ def test_skip_while_running_keeps_one_execution_of_a_task_in_flight(tmp_path: Pa
     assert all(later - earlier >= 2.4 for earlier, later in zip(sent, sent[1:])), sent
     held = [e for e in store.executions_for_task("held") if e.idempotency_key != "held-elsewhere"]
     assert len(held) == 6 and all(e.status == status.SKIPPED and "held-elsewhere" in e.reason for e in held), [e.reason for e in held]
+
+
+def test_wait_while_running_sends_the_newest_due_time_as_soon_as_the_earlier_one_is_answered(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`overload: wait_while_running`: one execution of the task at a time, as with
+    `skip_while_running`, but a due time that comes meanwhile waits for it (the newest one, until
+    its misfire deadline) and goes as soon as it is answered: back to back, never two at once.
+    An earlier one in flight in another run is looked at again every second."""
+    monkeypatch.setenv("DEMO_AGENT_TOKEN", TEST_TOKEN)
+    with run_in_thread(DemoAgentConfig(token=TEST_TOKEN, latency_ms=2500)) as agent:
+        tasks = (
+            "tasks:\n"
+            "  - {name: poll, owner: ops, agent: slow, prompt: 'poll {{ due_time.isoformat() }}', schedule: {every: 1s},"
+            " misfire: {grace: 2s}, overload: wait_while_running}\n"
+            "  - {name: held, owner: ops, agent: slow_too, prompt: 'held {{ due_time.isoformat() }}', schedule: {every: 3s},"
+            " misfire: {grace: 5s}, overload: wait_while_running}\n"
+        )
+        # Two agents on one server: each learns its own limit (1 while its first baseline is measured).
+        agents = SLOW_AGENT.format(url=agent.url) + SLOW_AGENT.format(url=agent.url).replace("name: slow", "name: slow_too")
+        catalog = load_catalog(write_catalog(tmp_path / "catalog", agent.url, tasks, agents))
+        assert catalog.ok, catalog.problems
+        store = StateStore.for_instance(instance)
+        # `held` has a request in flight in another run until that run is released, 4.5 s in.
+        store.claim([Claim("held-elsewhere", "held", "slow", "other-run", "schedule", None, "v")])
+        store.start_attempts(["held-elsewhere"], "other-run", dt.datetime.now(UTC))
+        start = dt.datetime.fromtimestamp((int(time.time()) + 2) // 3 * 3 + 3, UTC)  # `held` is due at start, +3 s, +6 s
+        release = threading.Timer(start.timestamp() + 4.5 - time.time(), store.release_run, ("other-run", "the test ends it"))
+        release.start()
+        plan = window_plan(catalog, store, start, start + dt.timedelta(seconds=8), None, dt.datetime.now(UTC))
+        dispatcher = Dispatcher(catalog=catalog, store=store, run_id="run-wwr", publish=lambda _p: None)
+        event_loop.run(dispatcher.run(plan))
+        release.join()
+
+    polls = sorted(store.executions_for_task("poll"), key=lambda e: e.due_time)
+    assert len(polls) == 8 and {e.status for e in polls} == {status.SUCCEEDED, status.SKIPPED}
+    sent = [e for e in polls if e.status == status.SUCCEEDED]
+    assert len(sent) >= 3, "one after another (skip_while_running sends every other due time at best)"
+    for earlier, later in zip(sent, sent[1:]):
+        assert earlier.answered_at is not None and later.sent_at is not None and later.due_time is not None
+        assert later.due_time < earlier.answered_at <= later.sent_at, "due while the earlier one was in flight: it waited for it"
+    skipped = [e for e in polls if e.status == status.SKIPPED]
+    assert skipped and all(e.reason.startswith(f"{SUPERSEDED}: a newer due time of this task") for e in skipped), [e.reason for e in skipped]
+
+    # `held` (every 3 s, grace 5 s): its first due time waited for the other run's request and was
+    # replaced by the next, which went once that run ended, 4.5 s in.
+    held = sorted((e for e in store.executions_for_task("held") if e.idempotency_key != "held-elsewhere"), key=lambda e: e.due_time)
+    assert [e.status for e in held] == [status.SKIPPED, status.SUCCEEDED, status.SUCCEEDED], [(e.status, e.reason) for e in held]
+    assert held[0].reason.startswith(SUPERSEDED), held[0].reason
+    released = start.timestamp() + 4.5
+    assert held[1].due_time is not None and held[1].sent_at is not None
+    assert held[1].due_time.timestamp() < released <= held[1].sent_at.timestamp(), "due while the other run's was in flight"

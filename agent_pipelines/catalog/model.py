@@ -527,10 +527,11 @@ class TaskSpec(Spec):
     variables: dict[str, Any] = Field(default_factory=dict)
     schedule: Annotated[ScheduleSpec | None, BeforeValidator(_schedule_shorthand)] = None
     misfire: MisfirePolicySpec = Field(default_factory=MisfirePolicySpec)
-    overload: Literal["all", "latest_only", "skip_while_running"] = Field(
+    overload: Literal["all", "latest_only", "skip_while_running", "wait_while_running"] = Field(
         default="all",
         description="while its agent is saturated: `latest_only` lets a newer due time replace a waiting older one; "
-        "`skip_while_running` also skips a due time while an earlier one of the task is still in flight",
+        "`skip_while_running` also skips a due time while an earlier one of the task is still in flight; "
+        "`wait_while_running` lets it wait for that one until its misfire deadline instead",
     )
     priority: int = Field(default=0, ge=-100, le=100, description="higher goes first when its agent is saturated")
     events: list[EventSubscriptionSpec] = Field(default_factory=list)

@@ -12,8 +12,10 @@ latest_only` keeps at most one due time waiting: a newer one takes its place in 
 (so a task that is always superseded is not always last) and the older one is `skipped`,
 "superseded"; also when the newer one was claimed by another run. `overload: skip_while_running`
 does the same and also skips a due time while an earlier one of the task is in flight (in any
-run): one execution of the task at a time, as OpenClaw's and Hermes' own cron and Kubernetes'
-`concurrencyPolicy: Forbid` do, but recorded `skipped` ("still running") instead of silently.
+run): one execution of the task at a time, as OpenClaw's and Hermes' own cron do, but recorded
+`skipped` ("still running") instead of silently. `overload: wait_while_running` keeps one at a
+time too, but the due time waits for the earlier one until its deadline
+(`agent_pipelines.scheduling.task_turns`).
 """
 
 from __future__ import annotations
@@ -53,15 +55,20 @@ class _Waiting:
     kicked: asyncio.Future[str] = field(repr=False)  # resolved with a reason to stop waiting
 
 
-def skips_while_running(item: WorkItem) -> bool:
-    """A new due time (not a retry) of a `skip_while_running` task."""
-    return item.task.overload == "skip_while_running" and item.retry_number == 0
+#: Overload policies that keep one execution of a task in flight at a time.
+ONE_AT_A_TIME = frozenset({"skip_while_running", "wait_while_running"})
 
 
-def still_running(item: WorkItem, sending: Mapping[str, dt.datetime | None], now: dt.datetime) -> Refusal | None:
-    """Why a `skip_while_running` due time is skipped: another execution of its task is in
-    flight (`sending`: key -> when it left, of any run). None: it may go on."""
-    if not skips_while_running(item):
+def one_at_a_time(item: WorkItem) -> bool:
+    """A new due time (not a retry) of a task that keeps one execution in flight at a time."""
+    return item.task.overload in ONE_AT_A_TIME and item.retry_number == 0
+
+
+def still_running(item: WorkItem, sending: Mapping[str, dt.datetime | None], now: dt.datetime, waited: str = "") -> Refusal | None:
+    """Why a `skip_while_running` (or `wait_while_running`) due time may not go now: another
+    execution of its task is in flight (`sending`: key -> when it left, of any run). None: it may.
+    `waited`: how long this one waited for it, and until when (for `wait_while_running`)."""
+    if not one_at_a_time(item):
         return None
     others = {key: at for key, at in sending.items() if key != item.key}
     if not others:
@@ -69,7 +76,8 @@ def still_running(item: WorkItem, sending: Mapping[str, dt.datetime | None], now
     key, at = min(others.items(), key=lambda pair: pair[1] or now)
     since = f" for {(now - at).total_seconds():.1f} s" if at is not None else ""
     earlier = f"its due time {key.split(':schedule:', 1)[1]}" if ":schedule:" in key else f"its execution {key}"
-    return Refusal(status.SKIPPED, f"{STILL_RUNNING}: {earlier} has been in flight{since} (overload: skip_while_running)")
+    policy = f"{waited}; overload: {item.task.overload}" if waited else f"overload: {item.task.overload}"
+    return Refusal(status.SKIPPED, f"{STILL_RUNNING}: {earlier} has been in flight{since} ({policy})")
 
 
 def deadline_for(item: WorkItem) -> tuple[float, str]:
@@ -134,7 +142,7 @@ class Admission:
         for task, due in newest_due.items():
             waiting = self._latest.get(task)
             if waiting is not None and waiting.item.due_time is not None and due > waiting.item.due_time:
-                self._kick(waiting, _superseded_reason(due, waiting.item, waiting.agent))
+                self._kick(waiting, superseded_reason(due, waiting.item, waiting.agent))
 
     def latest_only_waiting(self) -> list[str]:
         return sorted(self._latest)
@@ -158,8 +166,8 @@ class Admission:
         if waiting is None or waiting.item.due_time is None:
             return None
         if waiting.item.due_time >= item.due_time:  # a newer one already waits (a late retry)
-            return Refusal(self._final(item, status.SKIPPED), _superseded_reason(waiting.item.due_time, item, agent))
-        self._kick(waiting, _superseded_reason(item.due_time, waiting.item, agent))
+            return Refusal(self._final(item, status.SKIPPED), superseded_reason(waiting.item.due_time, item, agent))
+        self._kick(waiting, superseded_reason(item.due_time, waiting.item, agent))
         return waiting
 
     def _kick(self, waiting: _Waiting, reason: str) -> None:
@@ -198,7 +206,7 @@ class Admission:
         )
 
 
-def _superseded_reason(newer: dt.datetime, waiting: WorkItem, agent: str) -> str:
+def superseded_reason(newer: dt.datetime, waiting: WorkItem, agent: str) -> str:
     return (
         f"{SUPERSEDED}: a newer due time of this task ({newer.isoformat(timespec='seconds')}) replaced it "
         f"while it waited for {agent} (overload: {waiting.task.overload})"

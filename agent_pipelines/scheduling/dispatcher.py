@@ -38,7 +38,7 @@ from agent_pipelines.prompts.canary import PromptChooser
 from agent_pipelines.prompts.checks import CheckOutcome, Judged, judge_verdict, local_checks
 from agent_pipelines.prompts.registry import PromptRegistry
 from agent_pipelines.lifecycle.gate import LifecycleGate
-from agent_pipelines.scheduling.admission import Admission, Refusal, skips_while_running, still_running
+from agent_pipelines.scheduling.admission import Admission, Refusal
 from agent_pipelines.scheduling.agent_health import HealthGate
 from agent_pipelines.scheduling.attempts import AttemptMarker
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK, Clock
@@ -48,6 +48,7 @@ from agent_pipelines.scheduling.publication import Publication, health_check
 from agent_pipelines.scheduling.recorder import Recorder, Verdict
 from agent_pipelines.scheduling.retries import deadline_for, retry_delay
 from agent_pipelines.scheduling.sessions import TurnGate
+from agent_pipelines.scheduling.task_turns import StoreLook, TaskTurns
 from agent_pipelines.scheduling.subscriptions import subscribers
 from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.scheduling.work import Attempt, Finished, WorkItem
@@ -146,6 +147,7 @@ class Dispatcher:
         self.spans = ExecutionSpans(run_id)
         self.admission = Admission(clock)
         self._sending: dict[str, dict[str, dt.datetime]] = {}  # task -> its keys in flight in this run: when marked
+        self.task_turns = TaskTurns(clock, lambda task: dict(self._sending.get(task, {})), self._look_at_tasks)
         self.load = LoadBoard(store, run_id, clock, self.admission, self.log)
         self._heap: list[tuple[float, int, WorkItem]] = []
         self._order = itertools.count()
@@ -384,7 +386,7 @@ class Dispatcher:
             except AgentCallError as error:
                 self._finish(Finished(item, status.FAILED, problem=error, reason="nothing was sent", version=attempt.version))
                 return
-            refusal = await self._still_running(item)
+            refusal = await self.task_turns.turn(item)
             if refusal is not None:
                 self._finish(Finished(item, refusal.status, reason=refusal.reason, version=attempt.version))
                 return
@@ -422,7 +424,8 @@ class Dispatcher:
                     attempt.answered_at = self.clock.now()
                     outcome = outcome_of(attempt.error.kind if attempt.error is not None else None)
             finally:
-                self._sending.get(item.task.name, {}).pop(item.key, None)
+                if self._sending.get(item.task.name, {}).pop(item.key, None) is not None:
+                    self.task_turns.answered(item.task.name)
                 gate.release(permit, outcome, _latency_s(attempt) if outcome == "ok" else None)
         except asyncio.CancelledError:
             if left:
@@ -438,18 +441,15 @@ class Dispatcher:
             return
         self._conclude(attempt)
 
-    async def _still_running(self, item: WorkItem) -> Refusal | None:
-        """For `overload: skip_while_running`: why this due time is skipped (an earlier one of its
-        task is in flight, in this run or another), or None."""
-        if not skips_while_running(item):
-            return None  # no store query on the common path
-        now = self.clock.now()
-        sending: dict[str, dt.datetime | None] = dict(self._sending.get(item.task.name, {}))
-        refusal = still_running(item, sending, now)
-        if refusal is None:
-            sending = await asyncio.to_thread(self.store.sending_of_task, item.task.name, self.run_id)
-            refusal = still_running(item, sending, now)
-        return refusal
+    async def _look_at_tasks(self, tasks: Sequence[str], newest: bool) -> StoreLook:
+        """For one-at-a-time tasks: their requests in flight in other runs (and, for due times
+        waiting for them, their newest due times any run has claimed)."""
+
+        def look() -> StoreLook:
+            due = self.store.newest_due_times(tasks, self.clock.now()) if newest else {}
+            return StoreLook(self.store.sending_of_tasks(tasks, self.run_id), due)
+
+        return await asyncio.to_thread(look)
 
     # -- after the answer -------------------------------------------------------------------------
 

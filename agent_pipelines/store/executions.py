@@ -519,14 +519,22 @@ class ExecutionRecords(StoreBase):
 
     def sending_of_task(self, task: str, other_than_run: str = "") -> dict[str, dt.datetime | None]:
         """Idempotency key -> when it was sent, for `task`'s executions in flight in other runs."""
+        return self.sending_of_tasks([task], other_than_run).get(task, {})
+
+    def sending_of_tasks(self, tasks: Sequence[str], other_than_run: str = "") -> dict[str, dict[str, dt.datetime | None]]:
+        """Per task: idempotency key -> when it was sent, of its executions in flight in other runs."""
         table = schema.executions
+        found: dict[str, dict[str, dt.datetime | None]] = {}
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(table.c.idempotency_key, table.c.sent_at).where(
-                    table.c.status == status.SENDING, table.c.task == task, table.c.run_id != other_than_run
-                )
-            ).all()
-        return {row.idempotency_key: aware(row.sent_at) if row.sent_at else None for row in rows}
+            for part in chunks(list(tasks)):
+                rows = conn.execute(
+                    sa.select(table.c.task, table.c.idempotency_key, table.c.sent_at).where(
+                        table.c.status == status.SENDING, table.c.task.in_(list(part)), table.c.run_id != other_than_run
+                    )
+                ).all()
+                for row in rows:
+                    found.setdefault(row.task, {})[row.idempotency_key] = aware(row.sent_at) if row.sent_at else None
+        return found
 
     def statuses(self, keys: Sequence[str]) -> dict[str, str]:
         """Status of each key that has a row (claimed or executed)."""
