@@ -8,6 +8,7 @@ restart the daemon and read what the agent received.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -156,8 +157,23 @@ class Platform:
         return "\n".join(p.read_text()[-4000:] for p in sorted(self.log_dir.glob("daemon-*.log")))
 
 
+#: Ports handed to servers that another process binds later: below Linux's ephemeral range
+#: (32768-60999), which the kernel also gives outgoing connections as their local port. A port
+#: from bind(0) is free when chosen but may be some connection's end by the time the server
+#: binds it (a code server failed so, for minutes, beside a busy test worker).
+LISTEN_PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port free now on 127.0.0.1, for a server another process will bind."""
+    for port in random.sample(LISTEN_PORTS, 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # the whole range taken: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
