@@ -21,7 +21,7 @@ def _fleet_spec(fleet: FleetSpec) -> dg.AssetSpec:
         description=fleet.description or f"{len(fleet.node_specs)} {fleet.kind} nodes",
         kinds={fleet.kind},
         metadata={
-            "nodes": dg.MetadataValue.int(len(fleet.node_specs)),
+            "node_count": dg.MetadataValue.int(len(fleet.node_specs)),  # not `nodes`: the observations' table of them
             "max_concurrency_per_node": dg.MetadataValue.int(per_node),
             "max_concurrency": dg.MetadataValue.int(per_node * len(fleet.node_specs)),
             "model": dg.MetadataValue.text(fleet.node_specs[0].model or "default"),

@@ -84,12 +84,12 @@ def test_each_fleet_is_an_asset_with_its_nodes(tmp_path: Path) -> None:
     assert swarm.description == "3 openai_chat nodes"
     assert claws.description == "Two gateways of the support team."
     assert {k: v.value for k, v in swarm.metadata.items()} == {
-        "nodes": 3,
+        "node_count": 3,
         "max_concurrency_per_node": 4,
         "max_concurrency": 12,
         "model": "demo-model",
     }
-    assert claws.metadata["nodes"].value == 2
+    assert claws.metadata["node_count"].value == 2
 
 
 def test_the_sensor_observes_a_fleets_nodes_and_reports_only_changes(tmp_path: Path, instance: dg.DagsterInstance, store: StateStore) -> None:
