@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
-from agent_pipelines.scheduling.admission import STILL_RUNNING, SUPERSEDED, Refusal
+from agent_pipelines.scheduling.admission import STILL_RUNNING, SUPERSEDED, Admission, Refusal
 from agent_pipelines.scheduling.clock import ManualClock
-from agent_pipelines.scheduling.task_turns import LOOK_AGAIN_S, StoreLook, TaskTurns
-from agent_pipelines.store import status
+from agent_pipelines.scheduling.load import LoadBoard
+from agent_pipelines.scheduling.task_turns import LOOK_AGAIN_S, TaskTurns
+from agent_pipelines.store import Claim, StateStore, status
 from tests.test_admission import T0, due, settle, task
 
 POLL = task("poll", overload="wait_while_running")  # every 10 s, misfire grace 30 s
@@ -20,23 +23,19 @@ POLL = task("poll", overload="wait_while_running")  # every 10 s, misfire grace 
 
 class InFlight:
     """What the dispatcher and the store would say: the task's keys in flight here and in other
-    runs, and the newest due time any run has claimed."""
+    runs."""
 
     def __init__(self) -> None:
         self.keys: dict[str, dt.datetime | None] = {}  # in flight here
         self.elsewhere: dict[str, dt.datetime | None] = {}  # in other runs
-        self.newest: dt.datetime | None = None
         self.looks: list[list[str]] = []
 
     def here(self, task: str) -> dict[str, dt.datetime | None]:
         return dict(self.keys)
 
-    async def look(self, tasks: Sequence[str], newest: bool) -> StoreLook:
+    async def look(self, tasks: Sequence[str]) -> dict[str, dict[str, dt.datetime | None]]:
         self.looks.append(list(tasks))
-        return StoreLook(
-            {task: dict(self.elsewhere) for task in tasks if self.elsewhere},
-            {task: self.newest for task in tasks if newest and self.newest is not None},
-        )
+        return {task: dict(self.elsewhere) for task in tasks if self.elsewhere}
 
 
 def run(scenario: Callable[[ManualClock, TaskTurns, InFlight], Awaitable[None]]) -> None:
@@ -158,14 +157,20 @@ def test_a_newer_due_time_replaces_the_waiting_one() -> None:
     run(scenario)
 
 
-def test_a_newer_due_time_claimed_by_another_run_replaces_it_at_the_next_look() -> None:
+def test_a_newer_due_time_claimed_by_another_run_replaces_it() -> None:
+    """The run's load board reads the newest claimed due times of the waiting tasks every second
+    (`waiting_tasks`) and hands them over (`supersede`), as it does for `latest_only` waiters."""
+
     async def scenario(clock: ManualClock, turns: TaskTurns, in_flight: InFlight) -> None:
         in_flight.keys = {due(POLL, 0).key: T0}
         clock.set(due(POLL, 10).fire_at)
         turn = asyncio.ensure_future(turns.turn(due(POLL, 10)))
         await settle()
-        in_flight.newest = T0 + dt.timedelta(seconds=20)
-        clock.advance(LOOK_AGAIN_S)
+        assert turns.waiting_tasks() == ["poll"]
+        turns.supersede({"poll": T0 + dt.timedelta(seconds=10)})  # not newer
+        await settle()
+        assert not turn.done()
+        turns.supersede({"poll": T0 + dt.timedelta(seconds=20)})
         await settle()
         refusal = turn.result()
         assert isinstance(refusal, Refusal) and refusal.reason.startswith(f"{SUPERSEDED}: a newer due time of this task")
@@ -194,5 +199,30 @@ def test_skip_while_running_skips_at_once() -> None:
         assert isinstance(refusal, Refusal) and refusal.status == status.SKIPPED
         assert refusal.reason == f"{STILL_RUNNING}: its due time 2026-12-01T12:00:00.000Z has been in flight for 10.5 s (overload: skip_while_running)"
         assert turns.waiting() == 0
+
+    run(scenario)
+
+
+def test_the_load_board_hands_waiting_tasks_the_newer_due_times_other_runs_claimed(tmp_path: Path) -> None:
+    """The wiring on a real SQLite store: another run claims a newer due time of a waiting task;
+    the board's next sync (every second in a run) replaces the waiting one."""
+    store = StateStore.for_url(f"sqlite:///{tmp_path / 'state.db'}")
+    newer = due(POLL, 20)
+    assert newer.due_time is not None
+
+    async def scenario(clock: ManualClock, turns: TaskTurns, in_flight: InFlight) -> None:
+        board = LoadBoard(store, "this-run", clock, Admission(clock), logging.getLogger(__name__), turns)
+        in_flight.keys = {due(POLL, 0).key: T0}
+        clock.set(due(POLL, 10).fire_at)
+        turn = asyncio.ensure_future(turns.turn(due(POLL, 10)))
+        await settle()
+        await board.sync()
+        assert not turn.done(), "nothing newer claimed yet"
+        store.claim([Claim(newer.key, "poll", "claw", "other-run", "schedule", newer.due_time, "v")])
+        clock.set(newer.fire_at)
+        await board.sync()
+        await settle()
+        refusal = turn.result()
+        assert isinstance(refusal, Refusal) and refusal.reason.startswith(f"{SUPERSEDED}: a newer due time of this task (2026-12-01T12:00:20")
 
     run(scenario)

@@ -48,7 +48,7 @@ from agent_pipelines.scheduling.publication import Publication, health_check
 from agent_pipelines.scheduling.recorder import Recorder, Verdict
 from agent_pipelines.scheduling.retries import deadline_for, retry_delay
 from agent_pipelines.scheduling.sessions import TurnGate
-from agent_pipelines.scheduling.task_turns import StoreLook, TaskTurns
+from agent_pipelines.scheduling.task_turns import TaskTurns
 from agent_pipelines.scheduling.subscriptions import subscribers
 from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.scheduling.work import Attempt, Finished, WorkItem
@@ -147,8 +147,8 @@ class Dispatcher:
         self.spans = ExecutionSpans(run_id)
         self.admission = Admission(clock)
         self._sending: dict[str, dict[str, dt.datetime]] = {}  # task -> its keys in flight in this run: when marked
-        self.task_turns = TaskTurns(clock, lambda task: dict(self._sending.get(task, {})), self._look_at_tasks)
-        self.load = LoadBoard(store, run_id, clock, self.admission, self.log)
+        self.task_turns = TaskTurns(clock, lambda task: dict(self._sending.get(task, {})), self._sending_elsewhere)
+        self.load = LoadBoard(store, run_id, clock, self.admission, self.log, self.task_turns)
         self._heap: list[tuple[float, int, WorkItem]] = []
         self._order = itertools.count()
         self._pending: list[WorkItem] = []  # added from other threads before the loop runs
@@ -441,15 +441,9 @@ class Dispatcher:
             return
         self._conclude(attempt)
 
-    async def _look_at_tasks(self, tasks: Sequence[str], newest: bool) -> StoreLook:
-        """For one-at-a-time tasks: their requests in flight in other runs (and, for due times
-        waiting for them, their newest due times any run has claimed)."""
-
-        def look() -> StoreLook:
-            due = self.store.newest_due_times(tasks, self.clock.now()) if newest else {}
-            return StoreLook(self.store.sending_of_tasks(tasks, self.run_id), due)
-
-        return await asyncio.to_thread(look)
+    async def _sending_elsewhere(self, tasks: Sequence[str]) -> dict[str, dict[str, dt.datetime | None]]:
+        """For one-at-a-time tasks: their requests in flight in other runs."""
+        return await asyncio.to_thread(self.store.sending_of_tasks, tasks, self.run_id)
 
     # -- after the answer -------------------------------------------------------------------------
 

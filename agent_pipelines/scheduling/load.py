@@ -21,6 +21,7 @@ from typing import Any
 
 from agent_pipelines.agents.limiter import ConcurrencyGate, LimiterState, others_queue_note
 from agent_pipelines.scheduling.admission import Admission
+from agent_pipelines.scheduling.task_turns import TaskTurns
 from agent_pipelines.scheduling.clock import Clock
 from agent_pipelines.store import AgentLoad, StateStore
 
@@ -41,11 +42,14 @@ SATURATED_FOR = dt.timedelta(minutes=2)
 class LoadBoard:
     """This run's gates, shared with the other runs through the store."""
 
-    def __init__(self, store: StateStore, holder: str, clock: Clock, admission: Admission, log: logging.Logger | Any) -> None:
+    def __init__(
+        self, store: StateStore, holder: str, clock: Clock, admission: Admission, log: logging.Logger | Any, turns: TaskTurns | None = None
+    ) -> None:
         self.store = store
         self.holder = holder
         self.clock = clock
         self.admission = admission
+        self.turns = turns  # `wait_while_running` due times, replaced by newer ones as `latest_only` waiters are
         self.log = log
         self._gates: dict[str, ConcurrencyGate] = {}
         self._learned: dict[str, LimiterState] = {}
@@ -79,14 +83,16 @@ class LoadBoard:
 
     async def sync(self, final: bool = False) -> None:
         views = self._views(final)
-        latest_only = self.admission.latest_only_waiting()
-        elsewhere, newest = await asyncio.to_thread(self._exchange, views, latest_only)
+        waiting = {*self.admission.latest_only_waiting(), *(self.turns.waiting_tasks() if self.turns else ())}
+        elsewhere, newest = await asyncio.to_thread(self._exchange, views, sorted(waiting))
         for agent, gate in self._gates.items():
             if gate.elsewhere != elsewhere.get(agent, 0):
                 gate.elsewhere = elsewhere.get(agent, 0)
                 gate.wake()
         if newest:
             self.admission.supersede(newest)
+            if self.turns is not None:
+                self.turns.supersede(newest)
 
     def _views(self, final: bool) -> list[AgentLoad]:
         now = self.clock.now()

@@ -24,7 +24,8 @@ from agent_pipelines.scheduling.work import WorkItem
 from agent_pipelines.store import status
 
 #: How often waiting due times look at the store (one query for all of them) for other runs'
-#: requests in flight and newer due times; an answer in this run wakes its task's at once.
+#: requests in flight; an answer in this run wakes its task's at once. Newer due times other runs
+#: claimed come from the run's `LoadBoard`, as for `latest_only` waiters (`supersede`).
 LOOK_AGAIN_S = 1.0
 #: What a due time waits for, in a `superseded` reason.
 WAITED_FOR = "its task's execution in flight"
@@ -32,17 +33,8 @@ WAITED_FOR = "its task's execution in flight"
 InFlight = Mapping[str, dt.datetime | None]  # idempotency key -> when it was sent
 
 
-@dataclass(frozen=True)
-class StoreLook:
-    """What the store said of the waiting tasks: their requests in flight in other runs, and
-    their newest due times any run has claimed."""
-
-    sending: Mapping[str, InFlight]
-    newest_due: Mapping[str, dt.datetime]
-
-
 Here = Callable[[str], InFlight]  # a task's requests in flight in this run
-Look = Callable[[Sequence[str], bool], Awaitable[StoreLook]]  # (tasks, also their newest due times?)
+Look = Callable[[Sequence[str]], Awaitable[Mapping[str, InFlight]]]  # tasks' requests in flight in other runs
 
 
 @dataclass(eq=False)
@@ -60,7 +52,7 @@ class TaskTurns:
         self._look = look
         self._waiters: dict[str, _Waiter] = {}  # task -> its due time waiting for its turn
         self._answered: dict[str, asyncio.Event] = {}  # task -> set when a request of it is answered here
-        self._seen: StoreLook | None = None
+        self._seen: Mapping[str, InFlight] | None = None
         self._seen_at = -1.0
         self._seen_tasks: set[str] = set()
         self._looking: asyncio.Lock | None = None
@@ -74,6 +66,16 @@ class TaskTurns:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def waiting_tasks(self) -> list[str]:
+        return sorted(self._waiters)
+
+    def supersede(self, newest_due: Mapping[str, dt.datetime]) -> None:
+        """Another run claimed a newer due time of these tasks: their waiting ones are replaced."""
+        for task, due in newest_due.items():
+            waiter = self._waiters.get(task)
+            if waiter is not None and waiter.item.due_time is not None and due > waiter.item.due_time:
+                _kick(waiter, superseded_reason(due, waiter.item, WAITED_FOR))
+
     async def turn(self, item: WorkItem) -> Refusal | None:
         """None when `item` may be sent (nothing else of its task in flight), or why it will not be."""
         if not one_at_a_time(item):
@@ -81,7 +83,7 @@ class TaskTurns:
         task = item.task.name
         refusal = still_running(item, self._here(task), self.clock.now())
         if refusal is None:  # nothing here: one look at the store for this task
-            refusal = still_running(item, (await self._look([task], False)).sending.get(task, {}), self.clock.now())
+            refusal = still_running(item, (await self._look([task])).get(task, {}), self.clock.now())
         if refusal is None or item.task.overload == "skip_while_running":
             return refusal
         deadline, why = deadline_for(item)
@@ -114,20 +116,16 @@ class TaskTurns:
                 signal.cancel()
             if waiter.kicked.done():
                 return Refusal(status.SKIPPED, waiter.kicked.result())
-            seen = await self._store_look()
-            newest = seen.newest_due.get(task)
-            if newest is not None and item.due_time is not None and newest > item.due_time:
-                return Refusal(status.SKIPPED, superseded_reason(newest, item, WAITED_FOR))
-            in_flight = {**seen.sending.get(task, {}), **self._here(task)}
+            in_flight = {**(await self._store_look()).get(task, {}), **self._here(task)}
             if self.clock.time() >= deadline:
                 until = dt.datetime.fromtimestamp(deadline, dt.timezone.utc).isoformat(timespec="seconds")
                 return still_running(item, in_flight, self.clock.now(), waited=f"waited for it until its deadline {until}, {why}")
             if still_running(item, in_flight, self.clock.now()) is None:
                 return None
 
-    async def _store_look(self) -> StoreLook:
-        """The store's view of every waiting task, taken at most once per `LOOK_AGAIN_S` however
-        many wait (one query for all)."""
+    async def _store_look(self) -> Mapping[str, InFlight]:
+        """Other runs' requests in flight of every waiting task, read at most once per
+        `LOOK_AGAIN_S` however many wait (one query for all)."""
         if self._looking is None:
             self._looking = asyncio.Lock()
         async with self._looking:
@@ -135,7 +133,7 @@ class TaskTurns:
             seen = self._seen
             if seen is None or self.clock.time() - self._seen_at >= LOOK_AGAIN_S or not tasks <= self._seen_tasks:
                 self._seen_at, self._seen_tasks = self.clock.time(), tasks
-                seen = self._seen = await self._look(sorted(tasks), True)
+                seen = self._seen = await self._look(sorted(tasks))
             return seen
 
 
