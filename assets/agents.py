@@ -20,7 +20,7 @@ from agent_pipelines.scheduling import event_loop
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
 from agent_pipelines.scheduling.load import agent_loads
 from agent_pipelines.scheduling.load_publication import CHECK_DESCRIPTION, NOT_SATURATED_CHECK, saturation_evaluation
-from agent_pipelines.scheduling.publication import HEALTHY_CHECK, agent_asset_key
+from agent_pipelines.scheduling.publication import HEALTHY_CHECK, agent_asset_key, as_check_result
 from resources.agents import AgentsResource
 from agent_pipelines.store.lifecycle import LifecycleState
 from resources.store import StoreResource
@@ -81,24 +81,13 @@ def build_agent_definitions(catalog: Catalog) -> dg.Definitions:
             if key.name == WAKES_CHECK:
                 agent = key.asset_key.path[-1]
                 found = lifecycle.get(agent) or LifecycleState(agent, "asleep", SYSTEM_CLOCK.now(), detail="never woken yet")
-                evaluation = wakes_evaluation(agent, found)
-                yield dg.AssetCheckResult(
-                    asset_key=evaluation.asset_key, check_name=WAKES_CHECK, passed=evaluation.passed, description=evaluation.description, metadata=evaluation.metadata
-                )
+                yield as_check_result(wakes_evaluation(agent, found))
 
         saturation = [key.asset_key.path[-1] for key in context.selected_asset_check_keys if key.name == NOT_SATURATED_CHECK]
         if saturation:
             loads = agent_loads(state, saturation, SYSTEM_CLOCK.now())
             for agent in saturation:
-                evaluation = saturation_evaluation(agent, loads.get(agent))
-                yield dg.AssetCheckResult(
-                    asset_key=evaluation.asset_key,
-                    check_name=NOT_SATURATED_CHECK,
-                    passed=evaluation.passed,
-                    severity=evaluation.severity,
-                    description=evaluation.description,
-                    metadata=evaluation.metadata,
-                )
+                yield as_check_result(saturation_evaluation(agent, loads.get(agent)))
 
         async def probe_all() -> list:
             async with agents.pool(catalog.agents) as pool:

@@ -1,11 +1,13 @@
 """A fleet is an asset `fleets/<name>`, and `agent_load_sensor` puts its nodes' load on it: totals
-over the nodes (plotted) and a `nodes` table, reported again only when a node's figures change.
+over the nodes (plotted) and a `nodes` table, reported again only when a node's figures change;
+its `not_saturated` check fails while any node is saturated, naming it.
 
 Load views go into a real store the way batch runs write them (`record_agent_load`), and the
 sensor ticks against a real SQLite instance as the daemon runs it."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator
@@ -16,8 +18,8 @@ import pytest
 
 from agent_pipelines.catalog.loader import Catalog, load_catalog
 from agent_pipelines.composition import build_definitions
-from agent_pipelines.scheduling.load import LoadSummary
-from agent_pipelines.scheduling.load_publication import MAX_NODE_ROWS, fleet_load_metadata
+from agent_pipelines.scheduling.load import SATURATED_WAIT_S, LoadSummary, node_saturated
+from agent_pipelines.scheduling.load_publication import MAX_NODE_ROWS, NOT_SATURATED_CHECK, fleet_load_metadata
 from agent_pipelines.scheduling.publication import agent_asset_key, fleet_asset_key
 from agent_pipelines.store import AgentLoad, StateStore
 from tests.conftest import sensor_context, write_catalog
@@ -62,8 +64,12 @@ def store(instance: dg.DagsterInstance) -> Iterator[StateStore]:
     state.engine.dispose()
 
 
-def _view(agent: str, in_flight: int, limit: int, latency_ms: float | None, at: dt.datetime, holder: str = "batch-run:1") -> AgentLoad:
-    return AgentLoad(agent=agent, holder=holder, limit=limit, max_limit=4, in_flight=in_flight, queued=0, updated_at=at, latency_ms=latency_ms)
+def _view(
+    agent: str, in_flight: int, limit: int, latency_ms: float | None, at: dt.datetime, holder: str = "batch-run:1", queued: int = 0, oldest_wait_s: float | None = None
+) -> AgentLoad:
+    return AgentLoad(
+        agent=agent, holder=holder, limit=limit, max_limit=4, in_flight=in_flight, queued=queued, updated_at=at, latency_ms=latency_ms, oldest_wait_s=oldest_wait_s
+    )
 
 
 def _observations(instance: dg.DagsterInstance, key: dg.AssetKey) -> list[dg.AssetObservation]:
@@ -118,12 +124,16 @@ def test_the_sensor_observes_a_fleets_nodes_and_reports_only_changes(tmp_path: P
     assert all(isinstance(observation.metadata[n], (dg.IntMetadataValue, dg.FloatMetadataValue)) for n in ("in_flight", "limit", "latency_ms"))
     table = observation.metadata["nodes"]
     assert isinstance(table, dg.TableMetadataValue)
-    assert [c.name for c in table.schema.columns] == ["node", "in_flight", "limit", "max_concurrency", "latency_ms", "updated_at"]
+    assert [c.name for c in table.schema.columns] == ["node", "in_flight", "limit", "max_concurrency", "latency_ms", "saturated", "updated_at"]
     rows = {row.data["node"]: row.data for row in table.records}
     assert list(rows) == list(NODES)
-    assert rows["swarm_node0"] | {"updated_at": None} == {"node": "swarm_node0", "in_flight": 4, "limit": 4, "max_concurrency": 4, "latency_ms": 200.0, "updated_at": None}
+    assert rows["swarm_node0"] | {"updated_at": None} == {
+        "node": "swarm_node0", "in_flight": 4, "limit": 4, "max_concurrency": 4, "latency_ms": 200.0, "saturated": False, "updated_at": None
+    }
     assert rows["swarm_node0"]["updated_at"] == now.isoformat(timespec="seconds")
-    assert rows["swarm_node2"] == {"node": "swarm_node2", "in_flight": None, "limit": 4, "max_concurrency": 4, "latency_ms": None, "updated_at": None}
+    assert rows["swarm_node2"] == {
+        "node": "swarm_node2", "in_flight": None, "limit": 4, "max_concurrency": 4, "latency_ms": None, "saturated": False, "updated_at": None
+    }
     assert _observations(instance, fleet_asset_key("claws")) == [], "no run called that fleet's nodes"
 
     # Same figures a second later (a batch run rewrites its views every second): nothing new.
@@ -175,3 +185,72 @@ def test_a_large_fleets_table_lists_its_busiest_nodes() -> None:
     assert metadata["nodes_not_listed"].value == 50
     assert metadata["limit"].value == 4 * (MAX_NODE_ROWS + 50) and metadata["in_flight"].value == 3
     assert "latency_ms" not in metadata, "no node has a latency yet"
+
+
+def _fleet_check(instance: dg.DagsterInstance, fleet: str) -> dg.AssetCheckEvaluation | None:
+    record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(fleet_asset_key(fleet), NOT_SATURATED_CHECK))
+    return None if record is None else record.event.dagster_event.event_specific_data  # type: ignore[union-attr]
+
+
+def test_a_fleets_check_fails_while_a_node_is_saturated_and_names_it(tmp_path: Path, instance: dg.DagsterInstance, store: StateStore) -> None:
+    sensor = build_definitions(_fleets_only(tmp_path)).resolve_sensor_def("agent_load_sensor")
+    now = dt.datetime.now(UTC)
+    store.record_agent_load([_view("swarm_node0", 2, 4, 300.0, now), _view("swarm_node1", 1, 4, 300.0, now)])
+    cursor = sensor.evaluate_tick(sensor_context(instance)).cursor
+    first = _fleet_check(instance, "swarm")
+    assert first is not None and first.passed and "no node saturated (2 of 3 nodes called so far)" in first.description
+
+    # node1's queue: an execution has waited past the saturation threshold for it.
+    waited = SATURATED_WAIT_S + 5
+    store.record_agent_load([_view("swarm_node1", 4, 4, 9000.0, now + dt.timedelta(seconds=1), queued=6, oldest_wait_s=waited)])
+    cursor = sensor.evaluate_tick(sensor_context(instance, cursor)).cursor
+    failing = _fleet_check(instance, "swarm")
+    assert failing is not None and not failing.passed and failing.severity == dg.AssetCheckSeverity.WARN
+    assert failing.description.startswith("Saturated: 1 of 3 nodes. swarm_node1: 4 in flight at limit 4"), failing.description
+    assert f"6 waiting (oldest {waited:.0f} s)" in failing.description
+    assert failing.metadata["saturated_nodes"].value == "swarm_node1" and failing.metadata["nodes_saturated"].value == 1
+    (observation, _) = _observations(instance, SWARM)
+    rows = {row.data["node"]: row.data for row in observation.metadata["nodes"].value.records}
+    assert rows["swarm_node1"]["saturated"] and not rows["swarm_node0"]["saturated"]
+
+    # Still saturated at the next tick: no second evaluation.
+    sensor_result = sensor.evaluate_tick(sensor_context(instance, cursor))
+    history = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(SWARM, NOT_SATURATED_CHECK), limit=10)
+    assert len(history) == 2
+
+    # The queue drained: the check passes again.
+    store.record_agent_load([_view("swarm_node1", 1, 4, 800.0, now + dt.timedelta(seconds=2))])
+    cursor = sensor.evaluate_tick(sensor_context(instance, sensor_result.cursor)).cursor
+    recovered = _fleet_check(instance, "swarm")
+    assert recovered is not None and recovered.passed, recovered
+
+    # A batch keeps node0 busy at a limit its latency cut to 3 of 4 (its items always wait: the
+    # cut limit is what says it cannot keep up).
+    store.record_agent_load([_view("swarm_node0", 3, 3, 4000.0, now + dt.timedelta(seconds=3))])
+    cursor = sensor.evaluate_tick(sensor_context(instance, cursor)).cursor
+    held = _fleet_check(instance, "swarm")
+    assert held is not None and not held.passed
+    assert held.description.startswith("Saturated: 1 of 3 nodes. swarm_node0 (held to 3 of 4 by its latency or errors): 3 in flight"), held.description
+    # ...but not while measuring its baseline (a limit of 1 on purpose), nor with room left.
+    probing = dataclasses.replace(_summary("p", 1), limit=1, measuring_baseline=True)
+    assert not node_saturated(probing) and not node_saturated(dataclasses.replace(_summary("r", 2), limit=3))
+    assert node_saturated(dataclasses.replace(_summary("h", 3), limit=3))
+
+
+def test_executing_a_fleets_check_reads_its_nodes_now(tmp_path: Path, instance: dg.DagsterInstance, store: StateStore) -> None:
+    """As from the UI: the check's own execution (a run) evaluates the selected fleet only."""
+    defs = build_definitions(_fleets_only(tmp_path))
+    key = dg.AssetCheckKey(SWARM, NOT_SATURATED_CHECK)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(), asset_check_selection={key})
+
+    def evaluate() -> list[dg.AssetCheckEvaluation]:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert result.success
+        return [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+
+    (fresh,) = evaluate()
+    assert fresh.passed and fresh.description == "No run has called this fleet's nodes yet."
+    now = dt.datetime.now(UTC)
+    store.record_agent_load([_view("swarm_node2", 4, 2, 5000.0, now, queued=3, oldest_wait_s=SATURATED_WAIT_S)])
+    (saturated,) = evaluate()
+    assert saturated.asset_key == SWARM and not saturated.passed and "swarm_node2" in saturated.description

@@ -9,7 +9,7 @@ import datetime as dt
 from agent_pipelines.catalog.loader import Catalog
 from agent_pipelines.lifecycle.controller import agent_hours
 from agent_pipelines.lifecycle.decisions import next_due
-from agent_pipelines.scheduling.load import LoadSummary, agent_loads
+from agent_pipelines.scheduling.load import LoadSummary, agent_loads, node_saturated
 from agent_pipelines.store import StateStore
 
 HEADER = (
@@ -52,15 +52,17 @@ def agent_rows(catalog: Catalog, store: StateStore, now: dt.datetime) -> list[tu
             )
         )
     for name, (fleet, spec) in sorted(fleet_nodes.items()):
-        load = _load_columns(loads.get(name), spec.max_concurrency)
+        load = _load_columns(loads.get(name), spec.max_concurrency, fleet_node=True)
         rows.append((name, spec.kind, f"node of {fleet}", "-", "-", "-", "-", "-", "-", *load))
     return rows
 
 
-def _load_columns(load: LoadSummary | None, max_concurrency: int) -> tuple[str, ...]:
-    """limit (learned/max), in flight, queued, latency, saturated; `-` before any run called it."""
+def _load_columns(load: LoadSummary | None, max_concurrency: int, fleet_node: bool = False) -> tuple[str, ...]:
+    """limit (learned/max), in flight, queued, latency, saturated (a fleet node's as its fleet's
+    check judges it: `node_saturated`); `-` before any run called it."""
     if load is None:
         return (f"{max_concurrency}/{max_concurrency}", "-", "-", "-", "-")
     latency = f"{load.latency_ms / 1000:.2f}s" if load.latency_ms is not None else "-"
     limit = f"{load.limit}/{load.max_limit}" + (" (measuring)" if load.measuring_baseline else "")
-    return (limit, str(load.in_flight), str(load.queued), latency, "yes" if load.saturated else "no")
+    saturated = node_saturated(load) if fleet_node else load.saturated
+    return (limit, str(load.in_flight), str(load.queued), latency, "yes" if saturated else "no")

@@ -217,5 +217,15 @@ def summarize(rows: Iterable[AgentLoad], now: dt.datetime) -> dict[str, LoadSumm
     return summaries
 
 
+def node_saturated(load: LoadSummary) -> bool:
+    """A fleet node is saturated as an agent is (executions waited too long for it, or past
+    their deadline), or when it is kept busy at a limit its latency or errors cut below its
+    `max_concurrency`. A batch's items always wait for their node (that is how a batch runs),
+    so for batch nodes the wait alone says nothing: the cut limit says the node cannot take
+    what it was configured for. The baseline probe's limit of 1 is not a cut."""
+    held_back = load.limit < load.max_limit and not load.measuring_baseline and load.in_flight >= load.limit
+    return load.saturated or held_back
+
+
 def agent_loads(store: StateStore, agents: Sequence[str], now: dt.datetime) -> Mapping[str, LoadSummary]:
     return summarize(store.agent_loads(list(agents), since=now - KEEP_FOR), now)

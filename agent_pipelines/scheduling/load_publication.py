@@ -6,12 +6,12 @@ row per node go on the fleet's asset (`fleets/<name>`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import dagster as dg
 
-from agent_pipelines.scheduling.load import SATURATED_FOR, SATURATED_WAIT_S, LoadSummary
+from agent_pipelines.scheduling.load import SATURATED_FOR, SATURATED_WAIT_S, LoadSummary, node_saturated
 from agent_pipelines.scheduling.publication import agent_asset_key, fleet_asset_key
 
 NOT_SATURATED_CHECK = "not_saturated"
@@ -24,6 +24,7 @@ NODE_COLUMNS = dg.TableSchema(
         dg.TableColumn("limit", "int"),
         dg.TableColumn("max_concurrency", "int"),
         dg.TableColumn("latency_ms", "float"),
+        dg.TableColumn("saturated", "bool", description="executions waited too long for it, or it is kept busy at a limit cut below max_concurrency"),
         dg.TableColumn("updated_at", "string", description="its newest load view (blank: no run called it yet)"),
     ]
 )
@@ -31,6 +32,13 @@ CHECK_DESCRIPTION = (
     f"The agent keeps up: no execution has waited {SATURATED_WAIT_S:g} s for it in the platform's queue, "
     f"and none waited past its deadline in the last {int(SATURATED_FOR.total_seconds() // 60)} minutes."
 )
+FLEET_CHECK_DESCRIPTION = (
+    "Every node keeps up: none is kept busy at a limit its latency or errors cut below its max_concurrency, "
+    f"no execution has waited {SATURATED_WAIT_S:g} s for one, and none waited past its deadline in the last "
+    f"{int(SATURATED_FOR.total_seconds() // 60)} minutes."
+)
+#: Saturated nodes named in a fleet check's description (the rest are counted).
+MAX_NAMED_NODES = 5
 
 
 def load_metadata(summary: LoadSummary) -> dict[str, Any]:
@@ -74,6 +82,7 @@ def fleet_load_metadata(nodes: Mapping[str, int], loads: Mapping[str, LoadSummar
         "limit": dg.MetadataValue.int(sum(loads[n].limit if n in loads else most for n, most in nodes.items())),
         "max_concurrency": dg.MetadataValue.int(sum(loads[n].max_limit if n in loads else most for n, most in nodes.items())),
         "nodes_busy": dg.MetadataValue.int(sum(1 for s in found if s.in_flight > 0)),
+        "nodes_saturated": dg.MetadataValue.int(sum(1 for s in found if node_saturated(s))),
         "nodes_reporting": dg.MetadataValue.int(len(found)),
     }
     if latencies:
@@ -89,19 +98,20 @@ def fleet_load_metadata(nodes: Mapping[str, int], loads: Mapping[str, LoadSummar
 
 
 def _busiest(nodes: list[str], loads: Mapping[str, LoadSummary]) -> list[str]:
-    """Most in flight first; nodes no run called yet last."""
-    return sorted(nodes, key=lambda n: (-loads[n].in_flight if n in loads else 1, n))
+    """Saturated nodes first, then most in flight; nodes no run called yet last."""
+    return sorted(nodes, key=lambda n: (not node_saturated(loads[n]), -loads[n].in_flight, n) if n in loads else (True, 1, n))
 
 
 def _node_row(node: str, max_concurrency: int, load: LoadSummary | None) -> dg.TableRecord:
     if load is None:  # no run has called it: blank cells, its limit is its max_concurrency
-        cells = {"in_flight": None, "limit": max_concurrency, "max_concurrency": max_concurrency, "latency_ms": None, "updated_at": None}
+        cells = {"in_flight": None, "limit": max_concurrency, "max_concurrency": max_concurrency, "latency_ms": None, "saturated": False, "updated_at": None}
     else:
         cells = {
             "in_flight": load.in_flight,
             "limit": load.limit,
             "max_concurrency": load.max_limit,
             "latency_ms": load.latency_ms,
+            "saturated": node_saturated(load),
             "updated_at": load.updated_at.isoformat(timespec="seconds"),
         }
     return dg.TableRecord({"node": node, **cells})
@@ -127,4 +137,40 @@ def saturation_evaluation(agent: str, summary: LoadSummary | None) -> dg.AssetCh
         severity=dg.AssetCheckSeverity.WARN,
         description=f"{state}: {summary.describe()}"[:1000],
         metadata=load_metadata(summary),
+    )
+
+
+def saturated_nodes(nodes: Iterable[str], loads: Mapping[str, LoadSummary]) -> list[str]:
+    return sorted(node for node in nodes if node in loads and node_saturated(loads[node]))
+
+
+def _why_saturated(load: LoadSummary) -> str:
+    return "" if load.saturated else f" (held to {load.limit} of {load.max_limit} by its latency or errors)"
+
+
+def fleet_saturation_evaluation(fleet: str, nodes: Mapping[str, int], loads: Mapping[str, LoadSummary]) -> dg.AssetCheckEvaluation:
+    """Failed (a warning, as an agent's) while any node is saturated (`node_saturated`): a
+    batch's shards on that node take longer however idle the others are. Names the first."""
+    key = fleet_asset_key(fleet)
+    reporting = [node for node in nodes if node in loads]
+    if not reporting:
+        return dg.AssetCheckEvaluation(
+            asset_key=key, check_name=NOT_SATURATED_CHECK, passed=True, description="No run has called this fleet's nodes yet."
+        )
+    saturated = saturated_nodes(nodes, loads)
+    if saturated:
+        named = "; ".join(f"{node}{_why_saturated(loads[node])}: {loads[node].describe()}" for node in saturated[:MAX_NAMED_NODES])
+        more = f"; and {len(saturated) - MAX_NAMED_NODES} more" if len(saturated) > MAX_NAMED_NODES else ""
+        description = f"Saturated: {len(saturated)} of {len(nodes)} nodes. {named}{more}"
+    else:
+        description = f"Keeps up: no node saturated ({len(reporting)} of {len(nodes)} nodes called so far)."
+    metadata = {name: value for name, value in fleet_load_metadata(nodes, loads).items() if name != "nodes"}
+    metadata["saturated_nodes"] = dg.MetadataValue.text(", ".join(saturated[:MAX_NODE_ROWS]) or "none")
+    return dg.AssetCheckEvaluation(
+        asset_key=key,
+        check_name=NOT_SATURATED_CHECK,
+        passed=not saturated,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=description[:1000],
+        metadata=metadata,
     )

@@ -229,6 +229,19 @@ def fleet_asset_key(fleet: str) -> dg.AssetKey:
     return dg.AssetKey([FLEET_KEY_PREFIX, fleet])
 
 
+def as_check_result(evaluation: dg.AssetCheckEvaluation) -> dg.AssetCheckResult:
+    """The same verdict yielded by a check the user executed (the sensors report evaluations
+    without a run; a check's own execution must yield results)."""
+    return dg.AssetCheckResult(
+        asset_key=evaluation.asset_key,
+        check_name=evaluation.check_name,
+        passed=evaluation.passed,
+        severity=evaluation.severity,
+        description=evaluation.description,
+        metadata=evaluation.metadata,
+    )
+
+
 def health_check(health: AgentHealth) -> dg.AssetCheckEvaluation:
     metadata: dict[str, Any] = {"consecutive_failures": dg.MetadataValue.int(health.consecutive_failures)}
     if health.last_error:
