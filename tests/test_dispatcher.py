@@ -6,6 +6,7 @@ turn at a time, unhealthy agents left alone, and every answer settled whatever s
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from agent_pipelines.catalog.loader import load_catalog
 from agent_pipelines.composition import build_definitions
@@ -285,6 +287,53 @@ def test_cancelling_the_dispatcher_while_it_records_settles_every_answer(catalog
     assert answered, "something was answered before the cancel"
     states = store.statuses(list(answered))
     assert states == {key: "succeeded" for key in answered}, "every answer that came back is recorded"
+
+
+class _EventLogDown(logging.Handler):
+    """Dagster's handler of `context.log` while its database is down: it raises from the log call."""
+
+    def __init__(self, down: threading.Event) -> None:
+        super().__init__()
+        self.down = down
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.down.is_set():
+            raise sa.exc.OperationalError("INSERT INTO event_logs", {}, Exception("connection refused"))
+
+
+def test_answers_are_recorded_after_an_outage_in_which_the_runs_log_raised_too(catalog, store, demo_agent, monkeypatch, caplog) -> None:
+    """In a PostgreSQL restart both the store and the run's log (Dagster's event log, same
+    database) fail: the recorder keeps the answers and records them once the store is back;
+    what it wanted to log goes to stderr instead of killing it."""
+    down = threading.Event()
+    run_log = logging.getLogger(f"test-run-log-{id(down)}")
+    run_log.propagate = False
+    run_log.addHandler(_EventLogDown(down))
+    original = store.settle
+    failures: list[int] = []
+
+    def settle_unless_down(settlements) -> None:
+        if down.is_set():
+            failures.append(len(settlements))
+            if len(failures) >= 2:
+                down.clear()  # the database is back after two tries
+            raise sa.exc.OperationalError("UPDATE executions", {}, Exception("connection refused"))
+        original(settlements)
+
+    monkeypatch.setattr(store, "settle", settle_unless_down)
+    due = _at(1)
+    items = [_scheduled(catalog, "tick", due + dt.timedelta(seconds=s)) for s in range(2)]
+    dispatcher = Dispatcher(catalog=catalog, store=store, run_id="run-1", publish=lambda _p: None, log=run_log)
+    down.set()
+    with caplog.at_level(logging.ERROR, logger="agent_pipelines.run"):
+        running = Running(dispatcher, Plan(items=items))
+        running.join()
+
+    keys = [item.key for item in items]
+    assert len(failures) == 2, "the store failed while the database was down"
+    assert store.statuses(keys) == {key: "succeeded" for key in keys}, "every answer is recorded once the store is back"
+    lost_lines = [r.getMessage() for r in caplog.records if r.name == "agent_pipelines.run"]
+    assert any("could not record" in line and "not in the run's log" in line for line in lost_lines), lost_lines
 
 
 def test_a_stopped_run_sends_nothing_early_and_says_what_became_of_each_execution(catalog, store, demo_agent) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Self
 import dagster as dg
 
 from agent_pipelines import tags
+from agent_pipelines.scheduling.run_log import never_raising
 
 if TYPE_CHECKING:
     from agent_pipelines.batch.runner import ShardSummary
@@ -139,7 +140,7 @@ class ProgressReporter:
         self.asset_key = asset_key
         self.board = board
         self.interval = interval
-        self.log = log or logging.getLogger(__name__)
+        self.log = never_raising(log or logging.getLogger(__name__))  # it logs while the database is down
         self.log_every = log_every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"batch-progress-{run_id[:8]}", daemon=True)

@@ -49,6 +49,7 @@ from agent_pipelines.scheduling.retries import retry_delay
 from agent_pipelines.scheduling.triggers import Trigger
 from agent_pipelines.store import StateStore
 from agent_pipelines.agents.base import AgentCallError, AgentRequest, FailureKind, SessionState
+from agent_pipelines.scheduling.run_log import never_raising
 
 UTC = dt.timezone.utc
 #: Items read from the source per batch, per shard.
@@ -189,7 +190,7 @@ class BatchRunner:
         self.variables = {**task.variables, **(variables or {})}
         #: template variables of the trigger (`event`, `upstream`), beside the item's own
         self.context = dict(context or {})
-        self.log = log or logging.getLogger(__name__)
+        self.log = never_raising(log or logging.getLogger(__name__))  # it logs while the database is down
         self.zone = zoneinfo.ZoneInfo(task.timezone)
         self._by_name = {node.name: node for node in self.nodes}
         self._shards_per_node: dict[str, int] = {}

@@ -20,6 +20,7 @@ from agent_pipelines.scheduling import event_loop
 from agent_pipelines.scheduling.dispatcher import Dispatcher, Plan, Summary
 from agent_pipelines.scheduling.heartbeat import RunHeartbeat
 from agent_pipelines.scheduling.publication import Publication
+from agent_pipelines.scheduling.run_log import never_raising
 from agent_pipelines.store import StateStore
 
 #: Requests in flight when a run is stopped get this long to answer before they count as unknown.
@@ -34,13 +35,13 @@ class Carrier:
     def __init__(self, store: StateStore, run_id: str, log: logging.Logger | Any, make_dispatcher: Any) -> None:
         self.store = store
         self.run_id = run_id
-        self.log = log
+        self.log = never_raising(log)  # it logs while the database is down
         self._queue: queue.SimpleQueue[Publication | None] = queue.SimpleQueue()
         self.dispatcher: Dispatcher = make_dispatcher(self._queue.put)
         self.summary: Summary | None = None
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._heartbeat = RunHeartbeat(store, run_id, log)
+        self._heartbeat = RunHeartbeat(store, run_id, self.log)
         self._published: list[str] = []
         self._published_at = time.monotonic()
 

@@ -47,6 +47,7 @@ from agent_pipelines.scheduling.prepare import Preparer
 from agent_pipelines.scheduling.publication import Publication, health_check
 from agent_pipelines.scheduling.recorder import Recorder, Verdict
 from agent_pipelines.scheduling.retries import deadline_for, retry_delay
+from agent_pipelines.scheduling.run_log import never_raising
 from agent_pipelines.scheduling.sessions import TurnGate
 from agent_pipelines.scheduling.task_turns import TaskTurns
 from agent_pipelines.scheduling.subscriptions import subscribers
@@ -132,7 +133,7 @@ class Dispatcher:
         self.store = store
         self.run_id = run_id
         self.clock = clock
-        self.log = log or logging.getLogger(__name__)
+        self.log = never_raising(log or logging.getLogger(__name__))  # it logs while the database is down
         self.pool_factory = pool_factory
         self._chooser = chooser
         self._variables_for = variables_for
