@@ -478,6 +478,20 @@ def _access_mode(production: bool) -> str:
     return f"access policy {path}: {len(policy.spec.grants)} grant(s), sign in with a token or through a trusted proxy"
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether a part could listen there: a part whose port is taken would die at start and be
+    restarted forever, its error only in its own log."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a port in TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _redact(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -512,6 +526,18 @@ def up(host: str, port: int, code_server_port: int, demo_agent: bool, demo_agent
             "e.g. postgresql://postgres@127.0.0.1:5432/test"
         )
     access = _access_mode(production)
+    ports = {
+        "--port (the Dagster UI)": (host, port),
+        "--code-server-port": ("127.0.0.1", code_server_port),
+        "--ingress-port": (host, ingress_port),
+        **({"--demo-agent-port": ("127.0.0.1", demo_agent_port)} if demo_agent else {}),
+    }
+    taken = [f"{where[0]}:{where[1]} ({option})" for option, where in ports.items() if not _port_free(*where)]
+    if taken:
+        raise click.ClickException(
+            f"port(s) in use: {', '.join(taken)}. Another `agent-pipelines up` may be running "
+            "(stop it), or pass the option with a free port."
+        )
     home = ensure_instance()
     env = dict(os.environ, DAGSTER_HOME=str(home))
     env.setdefault("DEMO_AGENT_TOKEN", "demo-local-token")

@@ -50,6 +50,15 @@ class Part:
         self.started_at = time.monotonic()
         self.restart_at = None
 
+    def last_log_line(self, limit: int = 300) -> str:
+        """The last line of its log (why it died, most often), shortened; empty without one."""
+        if self.log is None or not self.log.exists():
+            return ""
+        with self.log.open("rb") as handle:
+            handle.seek(max(0, self.log.stat().st_size - 4096))
+            lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:limit] if lines else ""
+
     def signal(self, signum: int) -> None:
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -99,7 +108,9 @@ class Supervisor:
             part.failures += 1
             part.restart_at = now + pause
             part.signal(signal.SIGKILL)  # whatever it left behind in its group
-            self.say(f"{part.name} exited with code {code}; restarting it in {pause:g} s (the other parts keep running)")
+            last = part.last_log_line()
+            ends = f"; its log ends: {last}" if last else ""
+            self.say(f"{part.name} exited with code {code}; restarting it in {pause:g} s (the other parts keep running){ends}")
 
     def stop(self) -> None:
         self.say("stopping...")

@@ -180,3 +180,40 @@ def test_up_production_needs_postgres(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "needs PostgreSQL" in result.stderr and POSTGRES_URL_ENV in result.stderr
+
+
+def test_up_refuses_ports_in_use_naming_each_and_its_option(tmp_path: Path) -> None:
+    """A part whose port is taken would die at start and be restarted forever, its error only in
+    its own log: `up` says so at once instead."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        free = {name: free_port() for name in ("ui", "agent", "ingress")}
+        env = {k: v for k, v in os.environ.items() if k != POSTGRES_URL_ENV}
+        result = subprocess.run(
+            [str(BIN / "agent-pipelines"), "up", "--port", str(free["ui"]), "--code-server-port", str(taken),
+             "--demo-agent-port", str(free["agent"]), "--ingress-port", str(free["ingress"])],
+            env={**env, "DAGSTER_HOME": str(tmp_path / "home")}, capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert result.returncode != 0
+    assert f"port(s) in use: 127.0.0.1:{taken} (--code-server-port)" in result.stderr, result.stderr
+    assert str(free["ui"]) not in result.stderr, "only the taken port is named"
+
+
+def test_a_part_that_dies_is_restarted_with_the_last_line_of_its_log(tmp_path: Path) -> None:
+    from agent_pipelines.supervisor import Part, Supervisor
+
+    said: list[str] = []
+    log = tmp_path / "code-server.log"
+    script = "import sys; print('starting'); print('OSError: [Errno 98] Address already in use', flush=True); sys.exit(1)"
+    part = Part(name="code server", argv=[sys.executable, "-c", script], env=dict(os.environ), cwd=tmp_path, log=log)
+    supervisor = Supervisor([part], say=said.append, backoff_s=[60.0])
+    part.start()
+    assert part.process is not None and part.process.wait(timeout=60) == 1
+    supervisor._watch(time.monotonic())
+    assert said == [
+        "code server exited with code 1; restarting it in 60 s (the other parts keep running); its log ends: OSError: [Errno 98] Address already in use"
+    ]
