@@ -22,7 +22,10 @@ in the same gateway, for the ratio.
 
 `--warm-up N` starts both sides N minutes before the measured window (steady state: the
 limiter's first probe on a fresh store and the gateway's first turns fall outside it; a platform
-that runs for days learns its agents once).
+that runs for days learns its agents once). Each run also prints how many seconds of the
+measured window the agent's learned limit spent at each value, and `--trace DIR` writes its
+timeline (one sample a second of the newest run's view: limit, in flight, waiting, and the
+limiter's state: estimate, baseline, the fitted line's one-request latency, its answers).
 
 Target (issue 15): agent_pipelines completes at least as many due executions as the gateway's own
 cron, with p99 lateness at the model of what it completes no worse, and 0 lost.
@@ -31,8 +34,10 @@ cron, with p99 lateness at the model of what it completes no worse, and 0 lost.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime as dt
+import json
 import os
 import re
 import sys
@@ -296,9 +301,11 @@ def measure(
     stop = threading.Event()
     enabler = threading.Timer(max(0.0, begin.timestamp() - period / 2 - time.time()), _all_at_once, (gateway, "enable", ids))
     enabler.start()
+    timeline: list[dict[str, Any]] = []
+    sampler = threading.Thread(target=_sample_limits, args=(store, end, timeline), daemon=True)
+    sampler.start()
     threads = _run_windows(catalog, store, begin, end, fixed, stop)
-    while time.time() < end.timestamp():
-        time.sleep(1)
+    sampler.join()
     enabler.join()
     _all_at_once(gateway, "disable", ids)  # no new cron runs after the window; the ones running finish
     deadline = time.time() + drain_s
@@ -312,8 +319,40 @@ def measure(
     for job_id in ids:
         gateway.cli("cron", "rm", job_id)
     loads = store.agent_loads(["claw"])
-    info = {"start": start, "end": end, "limits": sorted({row.limit for row in loads}), "unfinished_llm": sum(1 for c in calls if c.finished_at is None)}
+    measured = [sample for sample in timeline if sample["at"] >= start.timestamp()]
+    info = {
+        "start": start,
+        "end": end,
+        "limits": sorted({row.limit for row in loads} | {sample["limit"] for sample in measured}),
+        "seconds_at_limit": dict(sorted(collections.Counter(sample["limit"] for sample in measured).items())),
+        "timeline": timeline,
+        "unfinished_llm": sum(1 for c in calls if c.finished_at is None),
+    }
     return ap, gw, info
+
+
+def _sample_limits(store: StateStore, until: dt.datetime, timeline: list[dict[str, Any]]) -> None:
+    """Every second until `until`: the newest window run's view of the agent (its limit, what it
+    had in flight and waiting, and the limiter's state: estimate, baseline, fitted line)."""
+    while time.time() < until.timestamp():
+        views = [v for v in store.agent_loads(["claw"], since=dt.datetime.now(UTC) - dt.timedelta(seconds=5)) if v.in_flight or v.queued]
+        if views:
+            newest = max(views, key=lambda v: v.updated_at)
+            state = newest.state or {}
+            timeline.append(
+                {
+                    "at": time.time(),
+                    "limit": newest.limit,
+                    "in_flight": sum(v.in_flight for v in views),
+                    "queued": sum(v.queued for v in views),
+                    "estimate": state.get("estimate"),
+                    "baseline_s": state.get("baseline_s"),
+                    "solo_s": state.get("solo_s"),
+                    "probing": state.get("probing"),
+                    "answers": state.get("answers"),
+                }
+            )
+        time.sleep(1)
 
 
 def main() -> None:
@@ -336,6 +375,7 @@ def main() -> None:
     )
     parser.add_argument("--baseline", choices=["fixed", "none"], default="fixed", help="also run agent_pipelines without back-pressure")
     parser.add_argument("--drain", type=float, default=150.0, help="seconds to wait for what is in flight after the window")
+    parser.add_argument("--trace", type=Path, default=None, help="a directory: each run's limiter timeline (one sample a second) as <run>.json")
     args = parser.parse_args()
     offered = 2 * args.tasks / args.period  # requests a second, both sides
     llm_latency = args.llm_latency or 2.0 / offered  # serves half of it
@@ -353,6 +393,9 @@ def main() -> None:
                 llm, gateway, workdir, run=run, tasks=args.tasks, period=args.period, minutes=args.minutes, fixed=fixed, drain_s=args.drain,
                 overload=overload, warm_up=args.warm_up, grace_s=grace,
             ))
+            if args.trace is not None:
+                args.trace.mkdir(parents=True, exist_ok=True)
+                (args.trace / f"{run}.json").write_text(json.dumps(results[-1][2]["timeline"]))
     print()
     print("| side | due | completed | skipped (reason recorded) | unknown | lost | lateness at model p50 | p99 | max |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -361,7 +404,7 @@ def main() -> None:
         print(gw.row())
     for ap, gw, info in results:
         print(f"\n{ap.name} vs {gw.name} ({info['start']:%H:%M:%S}-{info['end']:%H:%M:%S}):")
-        print(f"  skipped: {ap.reasons or '-'} / gateway: {gw.reasons or '-'}; learned limits seen: {info['limits']}")
+        print(f"  skipped: {ap.reasons or '-'} / gateway: {gw.reasons or '-'}; learned limits seen: {info['limits']}; seconds at each limit: {info['seconds_at_limit']}")
         if gw.completed:
             print(f"  completed ratio agent_pipelines / gateway cron: {ap.completed / gw.completed:.2f}")
         if ap.lateness_s and gw.lateness_s:
