@@ -54,11 +54,16 @@ class LoadBoard:
         self._gates: dict[str, ConcurrencyGate] = {}
         self._learned: dict[str, LimiterState] = {}
         self._forgotten_at = float("-inf")
+        self._watched: list[str] = []
 
     def load(self, agents: Iterable[str]) -> None:
-        """Read the newest learned state of each agent (blocking: at the run's start)."""
+        """Read the newest learned state of each agent (blocking: at the run's start). Until this
+        run first calls an agent, each sync reads it again: a window run starts ahead of its
+        window, and the run before it goes on learning meanwhile (a minute of learning lost at
+        every hand-over otherwise)."""
+        self._watched = sorted(set(agents))
         since = self.clock.now() - RESTORE_WITHIN
-        for row in self.store.agent_loads(sorted(set(agents)), since=since):  # newest first
+        for row in self.store.agent_loads(self._watched, since=since):  # newest first
             if row.agent not in self._learned and row.state:
                 self._learned[row.agent] = LimiterState.from_json(row.state)
 
@@ -84,7 +89,11 @@ class LoadBoard:
     async def sync(self, final: bool = False) -> None:
         views = self._views(final)
         waiting = {*self.admission.latest_only_waiting(), *(self.turns.waiting_tasks() if self.turns else ())}
-        elsewhere, newest = await asyncio.to_thread(self._exchange, views, sorted(waiting))
+        not_called = [agent for agent in self._watched if agent not in self._gates]
+        elsewhere, newest, learned = await asyncio.to_thread(self._exchange, views, sorted(waiting), not_called)
+        for agent, state in learned.items():
+            if agent not in self._gates:  # called meanwhile: its gate restored what it had
+                self._learned[agent] = state
         for agent, gate in self._gates.items():
             if gate.elsewhere != elsewhere.get(agent, 0):
                 gate.elsewhere = elsewhere.get(agent, 0)
@@ -120,19 +129,29 @@ class LoadBoard:
             )
         return views
 
-    def _exchange(self, views: Sequence[AgentLoad], latest_only: Sequence[str]) -> tuple[dict[str, int], dict[str, dt.datetime]]:
+    def _exchange(
+        self, views: Sequence[AgentLoad], latest_only: Sequence[str], not_called: Sequence[str] = ()
+    ) -> tuple[dict[str, int], dict[str, dt.datetime], dict[str, LimiterState]]:
+        """Write our views; read the others' requests in flight to the agents we call, the
+        newest learned state of those we have not called yet, and newer due times of waiting
+        tasks: one read of the views for both."""
         now = self.clock.now()
         self.store.record_agent_load(views)
         elsewhere: dict[str, int] = {}
-        if views:
-            for row in self.store.agent_loads([v.agent for v in views], since=now - dt.timedelta(seconds=FRESH_S)):
-                if row.holder != self.holder:
-                    elsewhere[row.agent] = elsewhere.get(row.agent, 0) + row.in_flight
+        learned: dict[str, LimiterState] = {}
+        called = {v.agent for v in views}
+        if called or not_called:
+            for row in self.store.agent_loads(sorted(called | set(not_called)), since=now - dt.timedelta(seconds=FRESH_S)):  # newest first
+                if row.agent in called:
+                    if row.holder != self.holder:
+                        elsewhere[row.agent] = elsewhere.get(row.agent, 0) + row.in_flight
+                elif row.agent not in learned and row.state:
+                    learned[row.agent] = LimiterState.from_json(row.state)
         newest = self.store.newest_due_times(latest_only, now) if latest_only else {}
         if self.clock.time() - self._forgotten_at > 600:
             self._forgotten_at = self.clock.time()
             self.store.forget_agent_loads(now - KEEP_FOR)
-        return elsewhere, newest
+        return elsewhere, newest, learned
 
 
 def _ms(seconds: float | None) -> float | None:
