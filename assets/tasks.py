@@ -26,7 +26,7 @@ from agent_pipelines.grouping import TaskGroup, Workflow, find_workflows, group_
 from agent_pipelines.prompts.reevaluation import reevaluate
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
 from agent_pipelines.scheduling.plans import manual_plan
-from agent_pipelines.scheduling.publication import SUCCEEDED_CHECK
+from agent_pipelines.scheduling.publication import SUCCEEDED_CHECK, as_check_result
 from agent_pipelines.scheduling.scheduler import MANUAL_JOB
 from agent_pipelines.store import StateStore, StoredEvent, status
 from agent_pipelines.task_status import trigger_text
@@ -218,14 +218,7 @@ class _ManualStep:
                     yield event  # an evaluation before the final one (a failed attempt that is retried)
                     continue
                 answered.add(key)
-                yield dg.AssetCheckResult(
-                    asset_key=event.asset_key,
-                    check_name=event.check_name,
-                    passed=event.passed,
-                    severity=event.severity,
-                    description=event.description,
-                    metadata=event.metadata,
-                )
+                yield as_check_result(event)
         if failed:
             raise dg.Failure(description=f"{len(failed)} execution(s) did not succeed: " + "; ".join(failed), allow_retries=False)
 

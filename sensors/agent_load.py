@@ -3,8 +3,8 @@
 Every tick it reads each agent's and fleet node's load across all runs from the store; an agent
 whose figures changed gets an observation (plotted in the UI), and one whose saturation changed
 gets a `not_saturated` evaluation. A fleet whose nodes' figures changed gets an observation on
-`fleets/<name>`, and one whose set of saturated nodes changed a `not_saturated` evaluation. Its cursor keeps what it last reported: agents by name, fleets as
-`fleets/<name>` (a cursor without them, from before fleets were reported, reads as "nothing
+`fleets/<name>`, and one whose set of saturated nodes changed a `not_saturated` evaluation. Its
+cursor keeps what it last reported: agents by name, fleets as `fleets/<name>` (a cursor without them, from before fleets were reported, reads as "nothing
 reported yet" for them).
 """
 
@@ -15,7 +15,6 @@ from collections.abc import Mapping
 import dagster as dg
 
 from agent_pipelines.catalog.loader import Catalog
-from assets.fleets import fleet_nodes
 from agent_pipelines.scheduling.clock import SYSTEM_CLOCK
 from agent_pipelines.scheduling.load import LoadSummary, agent_loads
 from agent_pipelines.scheduling.load_publication import (
@@ -26,6 +25,7 @@ from agent_pipelines.scheduling.load_publication import (
     saturation_evaluation,
 )
 from agent_pipelines.scheduling.publication import fleet_asset_key
+from assets.fleets import fleet_nodes
 from resources.store import StoreResource
 
 SENSOR_NAME = "agent_load_sensor"

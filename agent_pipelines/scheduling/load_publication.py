@@ -68,7 +68,16 @@ def load_observation(summary: LoadSummary) -> dg.AssetObservation:
 
 
 def fleet_load_metadata(nodes: Mapping[str, int], loads: Mapping[str, LoadSummary]) -> dict[str, Any]:
-    """Totals over a fleet's nodes (numbers, so the UI plots them) and a `nodes` table.
+    """`fleet_load_totals` and a `nodes` table: every node, or the 100 busiest of a larger fleet."""
+    shown = sorted(nodes)
+    if len(shown) > MAX_NODE_ROWS:
+        shown = sorted(_busiest(shown, loads)[:MAX_NODE_ROWS])
+    table = dg.MetadataValue.table([_node_row(n, nodes[n], loads.get(n)) for n in shown], schema=NODE_COLUMNS)
+    return {**fleet_load_totals(nodes, loads), "nodes": table}
+
+
+def fleet_load_totals(nodes: Mapping[str, int], loads: Mapping[str, LoadSummary]) -> dict[str, Any]:
+    """Totals over a fleet's nodes (numbers, so the UI plots them).
 
     `nodes` maps each node's agent name to its `max_concurrency`: a node no run has called yet
     counts at that limit, as `agent list` shows it. `latency_ms` is the mean over the nodes that
@@ -89,11 +98,8 @@ def fleet_load_metadata(nodes: Mapping[str, int], loads: Mapping[str, LoadSummar
         metadata["latency_ms"] = dg.MetadataValue.float(round(sum(latencies) / len(latencies), 3))
     if found:
         metadata["load_updated_at"] = dg.MetadataValue.timestamp(max(s.updated_at for s in found))
-    shown = sorted(nodes)
-    if len(shown) > MAX_NODE_ROWS:
-        metadata["nodes_not_listed"] = dg.MetadataValue.int(len(shown) - MAX_NODE_ROWS)
-        shown = sorted(_busiest(shown, loads)[:MAX_NODE_ROWS])
-    metadata["nodes"] = dg.MetadataValue.table([_node_row(n, nodes[n], loads.get(n)) for n in shown], schema=NODE_COLUMNS)
+    if len(nodes) > MAX_NODE_ROWS:
+        metadata["nodes_not_listed"] = dg.MetadataValue.int(len(nodes) - MAX_NODE_ROWS)
     return metadata
 
 
@@ -164,7 +170,7 @@ def fleet_saturation_evaluation(fleet: str, nodes: Mapping[str, int], loads: Map
         description = f"Saturated: {len(saturated)} of {len(nodes)} nodes. {named}{more}"
     else:
         description = f"Keeps up: no node saturated ({len(reporting)} of {len(nodes)} nodes called so far)."
-    metadata = {name: value for name, value in fleet_load_metadata(nodes, loads).items() if name != "nodes"}
+    metadata = fleet_load_totals(nodes, loads)
     metadata["saturated_nodes"] = dg.MetadataValue.text(", ".join(saturated[:MAX_NODE_ROWS]) or "none")
     return dg.AssetCheckEvaluation(
         asset_key=key,
