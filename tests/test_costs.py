@@ -60,8 +60,11 @@ def test_costs_per_execution_task_agent_owner_and_budgets(tmp_path: Path, demo_a
     assert store.get_execution(key).cost == pytest.approx(expected)
 
     # The managed agent was up for 30 minutes today: half an hour at 0.5.
-    now = dt.datetime.now(dt.timezone.utc)
-    start = max(now.replace(hour=0, minute=0, second=0, microsecond=0), now - dt.timedelta(hours=1))
+    # The report's clock is passed in: at least an hour into its UTC day, so the half hour fits
+    # in today before it whenever the test runs (it failed between 00:00 and 00:30 UTC).
+    actual = dt.datetime.now(dt.timezone.utc)
+    now = max(actual, actual.replace(hour=1, minute=0, second=0, microsecond=0))
+    start = now - dt.timedelta(hours=1)
     store.record_lifecycle_event("priced", "wake", start)
     store.record_lifecycle_event("priced", "sleep", start + dt.timedelta(minutes=30))
 
