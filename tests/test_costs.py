@@ -60,9 +60,12 @@ def test_costs_per_execution_task_agent_owner_and_budgets(tmp_path: Path, demo_a
     assert store.get_execution(key).cost == pytest.approx(expected)
 
     # The managed agent was up for 30 minutes today: half an hour at 0.5.
-    # The report's clock is passed in: at least an hour into its UTC day, so the half hour fits
-    # in today before it whenever the test runs (it failed between 00:00 and 00:30 UTC).
+    # The run woke it on demand a moment ago; it is put to sleep now, so that stretch counts
+    # seconds. The report's clock is passed in: at least an hour into its UTC day, so the half
+    # hour fits in today before it whenever the test runs (it failed between 00:00 and 00:30 UTC,
+    # then between 00:30 and 01:00 while the on-demand wake stayed open up to that clock).
     actual = dt.datetime.now(dt.timezone.utc)
+    store.record_lifecycle_event("priced", "sleep", actual)
     now = max(actual, actual.replace(hour=1, minute=0, second=0, microsecond=0))
     start = now - dt.timedelta(hours=1)
     store.record_lifecycle_event("priced", "wake", start)
