@@ -4,6 +4,7 @@ table, safe when many processes start at once, and the records task steps rely o
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +50,86 @@ def test_concurrent_first_start_migrates_once(store_url: str) -> None:
         assert "alembic_version" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def _migrate_in_thread(url: str, errors: list[str]) -> None:
+    try:
+        StateStore(url).engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def test_threads_and_forked_processes_migrate_a_fresh_sqlite_store_at_once(tmp_path: Path) -> None:
+    """Run workers' threads and a batch run's forked children open a new store together: each
+    waits for the one migrating (a new database answers "locked" at once to a connection switching
+    it to WAL while a migration holds it) and none sees a half-made schema."""
+    fork = multiprocessing.get_context("fork")
+    for attempt in range(4):
+        url = f"sqlite:///{tmp_path / f'store{attempt}.db'}"
+        errors: list[str] = []
+        threads = [threading.Thread(target=_migrate_in_thread, args=(url, errors)) for _ in range(3)]
+        with fork.Pool(2) as pool:
+            pending = pool.map_async(_open_store, [url] * 2)
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+            assert pending.get(120) == ["ok", "ok"]
+        assert errors == [], errors
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [head_revision()]
+        engine.dispose()
+
+
+def test_a_store_opened_while_another_holds_a_new_database_waits_for_it(tmp_path: Path) -> None:
+    """A new SQLite file held by a migration's exclusive transaction: the second store waits for
+    the first to commit, then finds the schema made (SQLite does not wait on its own here)."""
+    import sqlite3
+
+    path = tmp_path / "agent_pipelines.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")  # as every store's connection does first
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("CREATE TABLE placeholder (x INTEGER)")
+    opened: list[StateStore] = []
+    errors: list[str] = []
+
+    def open_store() -> None:
+        try:
+            opened.append(StateStore(f"sqlite:///{path}"))
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=open_store)
+    thread.start()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and thread.is_alive() and not errors:
+        time.sleep(0.05)
+    assert thread.is_alive() and not errors, f"it waits for the lock instead of failing: {errors}"
+    holder.execute("COMMIT")
+    holder.close()
+    thread.join(60)
+    assert errors == [] and len(opened) == 1
+    with opened[0].engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one() == head_revision()
+    opened[0].engine.dispose()
+
+
+def test_a_migration_that_fails_leaves_the_sqlite_store_as_it_was(tmp_path: Path) -> None:
+    """All steps of an upgrade commit together: one failing (here a table in the way of a later
+    revision) rolls back the earlier ones instead of leaving a schema at no revision."""
+    path = tmp_path / "agent_pipelines.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE agent_pipelines_batch_evaluations (kept TEXT)"))
+        conn.execute(sa.text("INSERT INTO agent_pipelines_batch_evaluations VALUES ('mine')"))
+    with pytest.raises(sa.exc.OperationalError, match="already exists"):
+        StateStore(f"sqlite:///{path}")
+    assert sa.inspect(engine).get_table_names() == ["agent_pipelines_batch_evaluations"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT kept FROM agent_pipelines_batch_evaluations")).scalars().all() == ["mine"]
+    engine.dispose()
 
 
 def _claim(key: str, run_id: str, **extra) -> Claim:

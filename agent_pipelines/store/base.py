@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -67,13 +69,27 @@ def create_engine(url: str) -> sa.Engine:
             cursor = dbapi_connection.cursor()
             # WAL lets the webserver read while run workers write; busy_timeout rides out the
             # short write locks taken by concurrent runs instead of failing them.
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _set_wal(cursor)
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _set_wal(cursor: Any, wait_s: float = 30.0) -> None:
+    """Switch to WAL, waiting out a migration's lock: on a database not yet written to (still in
+    rollback mode) SQLite answers "database is locked" at once, without its busy handler."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class StoreBase:

@@ -2,6 +2,8 @@
 
 Every run worker opens the store, so the first runs after an upgrade race to migrate: a
 PostgreSQL advisory lock (or a file lock beside the SQLite database) lets one of them do it.
+Each upgrade is one transaction on both databases, so one that fails leaves the tables as they
+were (SQLite's driver would otherwise commit each schema statement on its own).
 """
 
 from __future__ import annotations
@@ -59,5 +61,9 @@ def _upgrade(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            # pysqlite opens no transaction before DDL: begin one, exclusive, so that every
+            # statement of the upgrade commits together and no other connection writes between them
+            conn.exec_driver_sql("BEGIN EXCLUSIVE")
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
