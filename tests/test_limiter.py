@@ -74,20 +74,27 @@ def drive(limiter: GradientLimiter, agent: Agent, start: float, until: float, er
 
 
 def drive_beside(
-    limiter: GradientLimiter, agent: Agent, others: int, others_from: float, until: float, others_until: float = float("inf")
+    limiter: GradientLimiter,
+    agent: Agent,
+    others: int,
+    others_from: float,
+    until: float,
+    others_until: float = float("inf"),
+    others_ramp_s: float = 0.0,
 ) -> tuple[list[tuple[float, int]], int, int]:
     """As `drive`, with another client that keeps `others` requests in the agent from
-    `others_from` (to `others_until`) whatever their latency (a gateway's own cron jobs).
-    Returns (time, limit) after each of our answers, and how many answers each side got after
-    `others_from`."""
+    `others_from` (to `others_until`) whatever their latency (a gateway's own cron jobs), the
+    first of them at `others_from` and the last `others_ramp_s` later. Returns (time, limit)
+    after each of our answers, and how many answers each side got after `others_from`."""
     now, ours_in_flight, trace, ours, theirs = 0.0, 0, [], 0, 0
     pending: list[tuple[float, float, int, bool]] = []  # (answer at, sent at, in flight when sent, ours)
+    starts = [others_from + others_ramp_s * i / max(1, others - 1) for i in range(others)]
     started_others = False
     while now < until:
-        if not started_others and now >= others_from:
+        while starts and now >= starts[0]:
             started_others = True
-            for _ in range(others):
-                heapq.heappush(pending, (agent.answer_at(now), now, 0, False))
+            starts.pop(0)
+            heapq.heappush(pending, (agent.answer_at(now), now, 0, False))
         while ours_in_flight < limiter.limit:
             ours_in_flight += 1
             heapq.heappush(pending, (agent.answer_at(now), now, ours_in_flight, True))
@@ -217,11 +224,53 @@ def test_the_baseline_is_measured_again_one_request_at_a_time() -> None:
     assert limiter.state.next_probe_at == pytest.approx(61.0 + 60.0)
 
 
+def until_the_first_probe(limiter: GradientLimiter, latency_s: float = 0.3) -> int:
+    """Answers sent at 1-4 in flight until a fresh limiter starts measuring its baseline; how many."""
+    for count in range(1, 100):
+        limiter.on_answer(latency_s, in_flight=count % 4 + 1, sent_at=float(count), now=float(count) + latency_s)
+        if limiter.probing:
+            return count
+    raise AssertionError("no probe")
+
+
+def test_a_fresh_limiter_measures_its_first_baseline_once_it_has_seen_the_agent_at_work() -> None:
+    """Measured at the first answer, the baseline is the agent before its usual load has built up
+    (the benchmark's gateway: 1.9 s, then 10-20 s under its own cron jobs), and everything after is
+    judged as our queue against it. A fresh limiter keeps `max_concurrency` until the line forms
+    from its answers (or a window of them comes at one in-flight count), then probes."""
+    limiter = GradientLimiter(10)
+    assert until_the_first_probe(limiter) == 11, "the answer after the tenth, when the line formed"
+    assert limiter.limit == 1
+    constant = GradientLimiter(10)
+    for count in range(1, 31):
+        constant.on_answer(1.0 + count, in_flight=10, sent_at=float(count), now=2.0 * count + 1)
+        assert not constant.probing and constant.limit == 10, "nothing to judge against: no cut"
+    constant.on_answer(2.0, in_flight=10, sent_at=31.0, now=33.0)
+    assert constant.probing, "a window of answers at one in-flight count, no line: it probes anyway"
+
+
+def test_answers_sent_before_a_probe_are_judged_as_they_would_have_been_without_it() -> None:
+    """Beside another client's 10 s queue the line says one request of ours waits ~10 s. The probe
+    then catches a lull (4-5 s alone); the burst of 12 s answers sent before it, with 10 of ours
+    in flight, is judged against the line's 10 s, not the lull's 4.5 s."""
+    limiter = GradientLimiter(10)
+    for count in range(1, 12):
+        n = count % 10 + 1
+        limiter.on_answer(10.0 + 0.1 * n, in_flight=n, sent_at=float(count), now=float(count) + 10)
+    assert limiter.probing and limiter.solo_s == pytest.approx(10.1, abs=0.3)
+    for _ in range(5):
+        limiter.on_answer(12.0, in_flight=10, sent_at=10.0, now=22.0)
+    for latency, sent in ((4.0, 22.0), (4.5, 26.0), (5.0, 30.5)):
+        limiter.on_answer(latency, in_flight=1, sent_at=sent, now=sent + latency)
+    assert not limiter.probing and limiter.baseline_s == 4.5
+    assert limiter.limit == 10, "12 s is within twice the 10 s the line saw when they left"
+
+
 def test_a_probe_ends_at_its_first_answer_when_draining_changed_nothing() -> None:
     """An agent slow with others' queue (5 s answers behind a gateway's own cron jobs): our burst
     of 4 answered in 10-40 s, and one request alone still takes 22 s. Two more answers one at a
     time (~45 s at a limit of 1) could not make the burst's answers look like our queue."""
-    limiter = GradientLimiter(4)
+    limiter = GradientLimiter(4, state=LimiterState(estimate=4.0, baseline_s=5.0, next_probe_at=0.0))
     limiter.on_answer(10.0, in_flight=1, sent_at=0.0, now=10.0)
     assert limiter.probing
     for n, latency in ((2, 20.0), (3, 30.0), (4, 40.0)):
@@ -233,7 +282,7 @@ def test_a_probe_ends_at_its_first_answer_when_draining_changed_nothing() -> Non
 
 def test_a_probe_goes_on_when_draining_made_the_agent_faster() -> None:
     """Our own queue: 8 in flight took 8 s, one alone 1 s. The baseline needs all three answers."""
-    limiter = GradientLimiter(8)
+    limiter = GradientLimiter(8, state=LimiterState(estimate=8.0, baseline_s=1.0, next_probe_at=0.0))
     limiter.on_answer(8.0, in_flight=8, sent_at=0.0, now=8.0)
     limiter.on_answer(8.1, in_flight=7, sent_at=0.0, now=8.1)
     limiter.on_answer(1.0, in_flight=1, sent_at=9.0, now=10.0)
@@ -323,7 +372,7 @@ def test_a_limit_of_one_while_the_baseline_is_measured_says_so() -> None:
     """A fresh agent's limit reads 1 of its max for its first few answers: the UI and the CLI say why."""
     now = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
     limiter = GradientLimiter(4)
-    limiter.on_answer(0.3, in_flight=1, sent_at=0.0, now=0.3)
+    until_the_first_probe(limiter)
     view = AgentLoad(agent="claw", holder="run-1", limit=limiter.limit, max_limit=4, in_flight=0, queued=0, updated_at=now,
                      state=limiter.state.to_json())
     summary = summarize([view], now)["claw"]
