@@ -436,6 +436,26 @@ def test_setting_enabled_edits_one_value_and_keeps_the_digest_valid(tmp_path: Pa
     assert found.untouched and found.raw["tags"]["import_digest"] == content_digest(found.raw)
 
 
+def test_setting_enabled_keeps_a_digest_of_digits_alone_a_string(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 digest in ~1,800 is digits alone: the importer's dump quotes it, and the edit must both
+    replace a quoted one and quote the new one (else YAML reads a number: "would change more than
+    that", once in CI's `export --disable-tasks`). Here every digest is made of digits alone."""
+    import agent_pipelines.importers.catalog_file as catalog_file
+
+    hex_digest = catalog_file.content_digest
+    monkeypatch.setattr(catalog_file, "content_digest", lambda item: hex_digest(item).translate(str.maketrans("abcdef", "012345")))
+    root = tmp_path / "catalog"
+    write(root / "agents.yaml", "agents: []\n")
+    results = openclaw.map_jobs([claw_job()], CLAW, NO_CHANNELS, NOW, "UTC", False)
+    do_import(root, results)
+    path = root / "imported" / "claw.yaml"
+    assert "import_digest: '" in path.read_text(), "the importer's dump quotes a digest of digits"
+    path.write_text(set_task_enabled(root, [results[0].task_name], False)[path])
+    found = CatalogState.scan(root).tasks[results[0].task_name]
+    assert found.raw["enabled"] is False and found.untouched, path.read_text()
+    assert isinstance(found.raw["tags"]["import_digest"], str)
+
+
 # --- gateways file ---------------------------------------------------------------------------
 
 

@@ -537,6 +537,12 @@ def comments_above(path: Path, name: str) -> list[str]:
     return []
 
 
+def yaml_string(value: str) -> str:
+    """`value` written so that YAML reads it back as that string: a digest of digits alone
+    (1 in 1,800) would otherwise read back as a number, quoted as the importer's dump quotes it."""
+    return yaml.safe_dump([value], default_flow_style=True, width=100_000).strip()[1:-1]
+
+
 def _scalar_span(node: yaml.ScalarNode) -> tuple[int, int, int, int]:
     return node.start_mark.line, node.start_mark.column, node.end_mark.line, node.end_mark.column
 
@@ -579,8 +585,8 @@ def set_task_enabled(root: Path, names: Iterable[str], enabled: bool) -> dict[Pa
                 if found.untouched and "tags" in pairs and isinstance(pairs["tags"][1], yaml.MappingNode):
                     tag_nodes = {k.value: v for k, v in pairs["tags"][1].value}
                     digest_node = tag_nodes.get(TAG_DIGEST)
-                    if isinstance(digest_node, yaml.ScalarNode) and digest_node.style is None:
-                        edits.append((*_scalar_span(digest_node), content_digest(new_raw)))
+                    if isinstance(digest_node, yaml.ScalarNode) and digest_node.style in (None, "'", '"'):
+                        edits.append((*_scalar_span(digest_node), yaml_string(content_digest(new_raw))))
         offsets = [0]
         for line in text.splitlines(keepends=True):
             offsets.append(offsets[-1] + len(line))
