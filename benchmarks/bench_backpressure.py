@@ -414,8 +414,11 @@ def main() -> None:
             print(f"  {info['unfinished_llm']} model calls still unfinished at the end")
     print()
     for ap, gw, _info in results:
-        met = ap.completed >= gw.completed and ap.lost == 0 and (not ap.lateness_s or not gw.lateness_s or _pct(sorted(ap.lateness_s), 0.99) <= _pct(sorted(gw.lateness_s), 0.99))
-        print(f"target (completed >= gateway cron, p99 no worse, 0 lost), {ap.name}: {'met' if met else 'NOT met'}")
+        ap_p99, gw_p99 = _pct(sorted(ap.lateness_s), 0.99), _pct(sorted(gw.lateness_s), 0.99)
+        met = ap.completed >= gw.completed and ap.lost == 0 and (not ap.lateness_s or not gw.lateness_s or ap_p99 <= gw_p99)
+        # the p99s to the millisecond: both sides queue in the same FIFO model, so their tails are often equal to 0.1 s
+        figures = f"{ap.completed} vs {gw.completed} completed, p99 {ap_p99:.3f} vs {gw_p99:.3f} s, {ap.lost} lost"
+        print(f"target (completed >= gateway cron, p99 no worse, 0 lost), {ap.name}: {'met' if met else 'NOT met'} ({figures})")
 
 
 if __name__ == "__main__":
