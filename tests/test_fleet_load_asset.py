@@ -18,7 +18,7 @@ import pytest
 
 from agent_pipelines.catalog.loader import Catalog, load_catalog
 from agent_pipelines.composition import build_definitions
-from agent_pipelines.scheduling.load import SATURATED_WAIT_S, LoadSummary, node_saturated
+from agent_pipelines.scheduling.load import SATURATED_WAIT_S, LoadSummary, agent_loads, node_saturated
 from agent_pipelines.scheduling.load_publication import MAX_NODE_ROWS, NOT_SATURATED_CHECK, fleet_load_metadata
 from agent_pipelines.scheduling.publication import agent_asset_key, fleet_asset_key
 from agent_pipelines.store import AgentLoad, StateStore
@@ -185,6 +185,27 @@ def test_a_large_fleets_table_lists_its_busiest_nodes() -> None:
     assert metadata["nodes_not_listed"].value == 50
     assert metadata["limit"].value == 4 * (MAX_NODE_ROWS + 50) and metadata["in_flight"].value == 3
     assert "latency_ms" not in metadata, "no node has a latency yet"
+
+
+def test_the_loads_of_a_fleet_past_sqlites_bound_values_are_read(store: StateStore) -> None:
+    """40,000 nodes (SQLite binds at most 32,766 values in a statement): their views are read in
+    chunks and still come newest first."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    @sa.event.listens_for(store.engine, "connect")
+    def _as_upstream_sqlite(dbapi_connection, _record) -> None:  # noqa: ANN001 - SQLAlchemy's hook
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)  # Debian builds allow 250,000
+
+    store.engine.dispose()  # new connections, with the limit
+    now = dt.datetime.now(dt.timezone.utc)
+    nodes = [f"huge_node{i:05d}" for i in range(40_000)]
+    store.record_agent_load([_view(nodes[i], in_flight=1, limit=4, latency_ms=10.0, at=now - dt.timedelta(seconds=i)) for i in (0, 20_000, 39_999)])
+    loads = store.agent_loads(nodes, since=now - dt.timedelta(days=1))
+    assert [load.agent for load in loads] == [nodes[0], nodes[20_000], nodes[39_999]]
+    summaries = agent_loads(store, nodes, now)
+    assert set(summaries) == {nodes[0], nodes[20_000], nodes[39_999]}
 
 
 def _fleet_check(instance: dg.DagsterInstance, fleet: str) -> dg.AssetCheckEvaluation | None:

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from agent_pipelines.store import schema
-from agent_pipelines.store.base import StoreBase, aware, json_or_none
+from agent_pipelines.store.base import StoreBase, aware, chunks, json_or_none
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,18 @@ class AgentLoadRecords(StoreBase):
             conn.execute(statement, rows)
 
     def agent_loads(self, agents: Sequence[str] | None = None, since: dt.datetime | None = None) -> list[AgentLoad]:
-        """Every holder's view (of `agents`, updated since `since`), newest first."""
+        """Every holder's view (of `agents`, updated since `since`), newest first. `agents` is
+        asked for in chunks: a fleet of 10,000 nodes is past SQLite's limit of bound values."""
         table = schema.agent_load
-        statement = sa.select(table).order_by(table.c.updated_at.desc())
-        if agents is not None:
-            statement = statement.where(table.c.agent.in_(list(agents)))
+        statement = sa.select(table)
         if since is not None:
             statement = statement.where(table.c.updated_at >= since)
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).mappings().all()
+            if agents is None:
+                rows = list(conn.execute(statement).mappings())
+            else:
+                rows = [row for part in chunks(list(agents)) for row in conn.execute(statement.where(table.c.agent.in_(part))).mappings()]
+        rows.sort(key=lambda row: aware(row["updated_at"]), reverse=True)
         return [
             AgentLoad(
                 agent=row["agent"],
