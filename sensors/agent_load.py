@@ -4,8 +4,8 @@ Every tick it reads each agent's and fleet node's load across all runs from the 
 whose figures changed gets an observation (plotted in the UI), and one whose saturation changed
 gets a `not_saturated` evaluation. A fleet whose nodes' figures changed gets an observation on
 `fleets/<name>`, and one whose set of saturated nodes changed a `not_saturated` evaluation. Its
-cursor keeps what it last reported: agents by name, fleets as `fleets/<name>` (a cursor without them, from before fleets were reported, reads as "nothing
-reported yet" for them).
+cursor keeps what it last reported: agents by name, fleets as `fleets/<name>` (a cursor without
+them, from before fleets were reported, reads as "nothing reported yet" for them).
 """
 
 import hashlib

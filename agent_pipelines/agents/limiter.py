@@ -15,7 +15,8 @@ otherwise creep up with the queue it measures). "At work": a limiter that has ne
 first gathers answers until the line below forms (or a window of them, sent at one in-flight
 count, comes without one), the limit meanwhile at `max_concurrency`; measured at the first
 answer, the baseline is the agent before its usual load (other clients' included) has built up,
-and judging everything after against that cut the limit by half for minutes. Each answer's latency against it is the gradient,
+and judging everything after against that cut the limit by half for minutes. Each answer's
+latency against it is the gradient,
 `clamp((tolerance * baseline + slack) / latency, 0.5, 1)` (tolerance 2, slack 0.1 s): below 1, requests queue inside the agent and the
 limit shrinks toward that share of itself (smoothed); at 1, it grows by one per round trip, as
 long as it is used.
@@ -214,9 +215,7 @@ class GradientLimiter:
                 self._end_probe(now)
             return
         if state.baseline_s is None and not self._seen_at_work():
-            self._remember(in_flight, latency_s)
-            self._line = self._moments.line(s)
-            state.solo_s = self._line.solo_s if self._line is not None else None
+            self._fit(in_flight, latency_s)
             return  # nothing to judge it against yet: the limit stays where it starts
         if state.baseline_s is None or state.next_probe_at is None or now >= state.next_probe_at:
             if self._others_queue_dominates():
@@ -225,11 +224,15 @@ class GradientLimiter:
                 self._probe_started_at, self._probe, self._unjudged = now, [], [(latency_s, in_flight)]
                 state.probing = True
                 return
-        self._remember(in_flight, latency_s)
-        self._line = self._moments.line(s)
-        if self._line is not None:
-            state.solo_s = self._line.solo_s
+        self._fit(in_flight, latency_s)
         self._adjust(latency_s, in_flight)
+
+    def _fit(self, in_flight: int, latency_s: float) -> None:
+        """Add the answer to the line and refit it (`solo_s` keeps the last line's while none forms)."""
+        self._remember(in_flight, latency_s)
+        self._line = self._moments.line(self.settings)
+        if self._line is not None:
+            self.state.solo_s = self._line.solo_s
 
     def _seen_at_work(self) -> bool:
         """Enough answers for a first baseline to be measured against: a line formed from them,
