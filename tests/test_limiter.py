@@ -224,40 +224,15 @@ def test_the_baseline_is_measured_again_one_request_at_a_time() -> None:
     assert limiter.state.next_probe_at == pytest.approx(61.0 + 60.0)
 
 
-def until_the_first_probe(limiter: GradientLimiter, latency_s: float = 0.3) -> int:
-    """Answers sent at 1-4 in flight until a fresh limiter starts measuring its baseline; how many."""
-    for count in range(1, 100):
-        limiter.on_answer(latency_s, in_flight=count % 4 + 1, sent_at=float(count), now=float(count) + latency_s)
-        if limiter.probing:
-            return count
-    raise AssertionError("no probe")
-
-
-def test_a_fresh_limiter_measures_its_first_baseline_once_it_has_seen_the_agent_at_work() -> None:
-    """Measured at the first answer, the baseline is the agent before its usual load has built up
-    (the benchmark's gateway: 1.9 s, then 10-20 s under its own cron jobs), and everything after is
-    judged as our queue against it. A fresh limiter keeps `max_concurrency` until the line forms
-    from its answers (or a window of them comes at one in-flight count), then probes."""
-    limiter = GradientLimiter(10)
-    assert until_the_first_probe(limiter) == 11, "the answer after the tenth, when the line formed"
-    assert limiter.limit == 1
-    constant = GradientLimiter(10)
-    for count in range(1, 31):
-        constant.on_answer(1.0 + count, in_flight=10, sent_at=float(count), now=2.0 * count + 1)
-        assert not constant.probing and constant.limit == 10, "nothing to judge against: no cut"
-    constant.on_answer(2.0, in_flight=10, sent_at=31.0, now=33.0)
-    assert constant.probing, "a window of answers at one in-flight count, no line: it probes anyway"
-
-
 def test_answers_sent_before_a_probe_are_judged_as_they_would_have_been_without_it() -> None:
     """Beside another client's 10 s queue the line says one request of ours waits ~10 s. The probe
     then catches a lull (4-5 s alone); the burst of 12 s answers sent before it, with 10 of ours
     in flight, is judged against the line's 10 s, not the lull's 4.5 s."""
-    limiter = GradientLimiter(10)
+    limiter = GradientLimiter(10, state=LimiterState(estimate=10.0, baseline_s=6.0, next_probe_at=21.0))
     for count in range(1, 12):
         n = count % 10 + 1
         limiter.on_answer(10.0 + 0.1 * n, in_flight=n, sent_at=float(count), now=float(count) + 10)
-    assert limiter.probing and limiter.solo_s == pytest.approx(10.1, abs=0.3)
+    assert limiter.probing and limiter.solo_s == pytest.approx(10.1, abs=0.3) and limiter.limit == 1
     for _ in range(5):
         limiter.on_answer(12.0, in_flight=10, sent_at=10.0, now=22.0)
     for latency, sent in ((4.0, 22.0), (4.5, 26.0), (5.0, 30.5)):
@@ -372,7 +347,7 @@ def test_a_limit_of_one_while_the_baseline_is_measured_says_so() -> None:
     """A fresh agent's limit reads 1 of its max for its first few answers: the UI and the CLI say why."""
     now = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.timezone.utc)
     limiter = GradientLimiter(4)
-    until_the_first_probe(limiter)
+    limiter.on_answer(0.3, in_flight=1, sent_at=0.0, now=0.3)
     view = AgentLoad(agent="claw", holder="run-1", limit=limiter.limit, max_limit=4, in_flight=0, queued=0, updated_at=now,
                      state=limiter.state.to_json())
     summary = summarize([view], now)["claw"]

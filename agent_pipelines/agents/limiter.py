@@ -9,14 +9,9 @@ deadline and is visible.
 `GradientLimiter` is the algorithm, a pure function of its samples and the times it is told:
 the gradient limiter of Envoy's adaptive concurrency filter and Netflix concurrency-limits'
 Gradient2. A *baseline* is the agent's latency without a queue of ours: measured, as Envoy
-measures its minimum RTT, by sending one request at a time for a few answers, once the limiter
-has seen the agent at work and then every 5 minutes (the baseline of a long overload would
-otherwise creep up with the queue it measures). "At work": a limiter that has never measured one
-first gathers answers until the line below forms (or a window of them, sent at one in-flight
-count, comes without one), the limit meanwhile at `max_concurrency`; measured at the first
-answer, the baseline is the agent before its usual load (other clients' included) has built up,
-and judging everything after against that cut the limit by half for minutes. Each answer's
-latency against it is the gradient,
+measures its minimum RTT, by sending one request at a time for a few answers, when the limiter
+starts and then every 5 minutes (the baseline of a long overload would otherwise creep up
+with the queue it measures). Each answer's latency against it is the gradient,
 `clamp((tolerance * baseline + slack) / latency, 0.5, 1)` (tolerance 2, slack 0.1 s): below 1, requests queue inside the agent and the
 limit shrinks toward that share of itself (smoothed); at 1, it grows by one per round trip, as
 long as it is used.
@@ -95,9 +90,6 @@ class LimiterSettings:
     fit_min_answers: int = 10
     #: ...sent at in-flight counts this spread out (their standard deviation, in requests)
     fit_min_spread: float = 0.5
-    #: answers a limiter without a baseline gathers before its first probe when no line has
-    #: formed from them (all sent at one in-flight count)
-    first_probe_after: int = 30
 
 
 @dataclass
@@ -214,9 +206,6 @@ class GradientLimiter:
             if len(self._probe) >= s.probe_answers or self._draining_changed_nothing():
                 self._end_probe(now)
             return
-        if state.baseline_s is None and not self._seen_at_work():
-            self._fit(in_flight, latency_s)
-            return  # nothing to judge it against yet: the limit stays where it starts
         if state.baseline_s is None or state.next_probe_at is None or now >= state.next_probe_at:
             if self._others_queue_dominates():
                 state.next_probe_at = now + s.probe_every_s  # a probe would measure their queue, at the cost of a drain
@@ -233,11 +222,6 @@ class GradientLimiter:
         self._line = self._moments.line(self.settings)
         if self._line is not None:
             self.state.solo_s = self._line.solo_s
-
-    def _seen_at_work(self) -> bool:
-        """Enough answers for a first baseline to be measured against: a line formed from them,
-        or a window of them came at one in-flight count."""
-        return self._line is not None or len(self.state.answers) >= min(self.settings.first_probe_after, self.settings.fit_window)
 
     def _draining_changed_nothing(self) -> bool:
         """The probe's first answer, one request alone, took about as long as the answers sent
@@ -257,7 +241,7 @@ class GradientLimiter:
         state.next_probe_at = now + s.probe_every_s
         # What arrived meanwhile left before the probe: it is judged against the new baseline or
         # what the line said of the others' queue then, whichever is higher, as it would have
-        # been without the probe (a line formed during the first probe's wait counts here too).
+        # been without the probe.
         before = max(state.baseline_s, state.solo_s or 0.0)
         # The probe measured one request alone directly: the line starts again from its
         # answers (an old line would keep a queue of others that has since gone).
