@@ -23,6 +23,7 @@ from agent_pipelines.scheduling.load_publication import MAX_NODE_ROWS, NOT_SATUR
 from agent_pipelines.scheduling.publication import agent_asset_key, fleet_asset_key
 from agent_pipelines.store import AgentLoad, StateStore
 from tests.conftest import sensor_context, write_catalog
+from tests.support.sqlite_limits import as_upstream_sqlite
 
 UTC = dt.timezone.utc
 SWARM = fleet_asset_key("swarm")
@@ -190,15 +191,7 @@ def test_a_large_fleets_table_lists_its_busiest_nodes() -> None:
 def test_the_loads_of_a_fleet_past_sqlites_bound_values_are_read(store: StateStore) -> None:
     """40,000 nodes (SQLite binds at most 32,766 values in a statement): their views are read in
     chunks and still come newest first."""
-    import sqlite3
-
-    import sqlalchemy as sa
-
-    @sa.event.listens_for(store.engine, "connect")
-    def _as_upstream_sqlite(dbapi_connection, _record) -> None:  # noqa: ANN001 - SQLAlchemy's hook
-        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)  # Debian builds allow 250,000
-
-    store.engine.dispose()  # new connections, with the limit
+    as_upstream_sqlite(store.engine)
     now = dt.datetime.now(dt.timezone.utc)
     nodes = [f"huge_node{i:05d}" for i in range(40_000)]
     store.record_agent_load([_view(nodes[i], in_flight=1, limit=4, latency_ms=10.0, at=now - dt.timedelta(seconds=i)) for i in (0, 20_000, 39_999)])

@@ -18,6 +18,7 @@ from agent_pipelines.store import Claim, ResultRecord, Settlement, StateStore, s
 from agent_pipelines.store.base import utcnow
 from agent_pipelines.store.migrate import head_revision
 from agent_pipelines.store.schema import VERSION_TABLE
+from tests.support.sqlite_limits import as_upstream_sqlite
 
 
 @pytest.fixture
@@ -279,3 +280,34 @@ def test_sessions_and_bounded_history(store_url: str) -> None:
     assert store.history("t", 2) == [("user", "q3"), ("assistant", "a3"), ("user", "q4"), ("assistant", "a4")]
     assert store.history("t", 0) == []
     store.engine.dispose()
+
+
+def test_reads_over_a_whole_fleet_bind_no_more_values_than_upstream_sqlite_allows(tmp_path: Path) -> None:
+    """40,000 agents and tasks in one question (upstream SQLite binds at most 32,766 values in a
+    statement): each read asks in chunks and answers as one query would, limits and order included."""
+    store = StateStore(f"sqlite:///{tmp_path / 'fleet.db'}")
+    as_upstream_sqlite(store.engine)
+    agents = [f"node{i:05d}" for i in range(40_000)]
+    tasks = [f"task{i:05d}" for i in range(40_000)]
+    first, last = agents[0], agents[-1]
+    now = utcnow()
+    store.record_agent_failure(last, "connection refused", threshold=1, first_probe_s=5.0, now=now)
+    store.record_lifecycle_event(last, "wake", at=now - dt.timedelta(seconds=2))
+    store.record_lifecycle_event(first, "sleep", at=now - dt.timedelta(seconds=1))
+    store.record_lifecycle_event(last, "sleep", at=now)
+    due = now.replace(microsecond=0)
+    store.claim([
+        Claim("held", tasks[0], first, "run-a", "schedule", due, "v1"),
+        Claim("unstarted-new", tasks[-1], last, "", "batch", None, "v1"),
+        Claim("unstarted-old", tasks[20_000], last, "", "batch", None, "v1"),
+    ])
+
+    assert set(store.agent_health(agents)) == {last}
+    assert [(e.agent, e.event) for e in store.lifecycle_events(agents)] == [(last, "wake"), (first, "sleep"), (last, "sleep")]
+    assert [(e.agent, e.event) for e in store.lifecycle_events(agents, limit=2)] == [(last, "wake"), (first, "sleep")]
+    assert store.agents_in_flight(agents) == {first, last}
+    assert set(store.last_used(agents)) == {first, last}
+    assert store.newest_due_times(tasks, due) == {tasks[0]: due}
+    assert store.held_by_runs(tasks) == {"run-a": 1}
+    assert {c.idempotency_key for c in store.unstarted_claims(tasks)} == {"unstarted-new", "unstarted-old"}
+    assert len(store.unstarted_claims(tasks, limit=1)) == 1

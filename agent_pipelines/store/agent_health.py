@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from agent_pipelines.store import schema
-from agent_pipelines.store.base import StoreBase, aware, utcnow
+from agent_pipelines.store.base import StoreBase, aware, chunks, utcnow
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,11 @@ class AgentHealthRecords(StoreBase):
     def agent_health(self, agents: Sequence[str] | None = None) -> dict[str, AgentHealth]:
         table = schema.agent_health
         statement = sa.select(table)
-        if agents is not None:
-            statement = statement.where(table.c.agent.in_(list(agents)))
         with self.engine.connect() as conn:
-            rows = conn.execute(statement).mappings().all()
+            if agents is None:
+                rows = list(conn.execute(statement).mappings())
+            else:  # in chunks: a fleet of 40,000 nodes is past SQLite's limit of bound values
+                rows = [row for part in chunks(list(agents)) for row in conn.execute(statement.where(table.c.agent.in_(part))).mappings()]
         return {
             row["agent"]: AgentHealth(
                 agent=row["agent"],

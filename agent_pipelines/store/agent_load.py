@@ -121,8 +121,9 @@ class AgentLoadRecords(StoreBase):
         table = schema.executions
         statement = (
             sa.select(table.c.task, sa.func.max(table.c.due_time))
-            .where(table.c.task.in_(list(tasks)), table.c.trigger == "schedule", table.c.due_time <= due_by)
+            .where(table.c.trigger == "schedule", table.c.due_time <= due_by)
             .group_by(table.c.task)
         )
         with self.engine.connect() as conn:
-            return {task: aware(due) for task, due in conn.execute(statement).all() if due is not None}  # type: ignore[misc]
+            rows = [row for part in chunks(list(tasks)) for row in conn.execute(statement.where(table.c.task.in_(part))).all()]
+        return {task: aware(due) for task, due in rows if due is not None}  # type: ignore[misc]

@@ -7,6 +7,7 @@ idempotency key is the primary key, and each update says which states it moves f
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
@@ -209,14 +210,17 @@ class ExecutionRecords(StoreBase):
     def held_by_runs(self, tasks: Sequence[str] | None = None) -> dict[str, int]:
         """Run id -> how many executions (of `tasks`, when given) it holds (claimed, sending, retrying)."""
         table = schema.executions
-        where = [table.c.status.in_(sorted(status.HELD)), table.c.run_id != ""]
-        if tasks is not None:
-            where.append(table.c.task.in_(list(tasks)))
+        statement = (
+            sa.select(table.c.run_id, sa.func.count())
+            .where(table.c.status.in_(sorted(status.HELD)), table.c.run_id != "")
+            .group_by(table.c.run_id)
+        )
+        held: collections.Counter[str] = collections.Counter()
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(table.c.run_id, sa.func.count()).where(*where).group_by(table.c.run_id)
-            ).all()
-        return {row[0]: int(row[1]) for row in rows}
+            parts = [statement] if tasks is None else [statement.where(table.c.task.in_(part)) for part in chunks(list(tasks))]
+            for part in parts:
+                held.update({run_id: int(count) for run_id, count in conn.execute(part).all()})
+        return dict(held)
 
     def take_over(self, keys: Sequence[str], run_id: str, now: dt.datetime) -> set[str]:
         """Claim executions waiting for a carrier (catch-ups, unsent claims of a dead run,
@@ -279,13 +283,16 @@ class ExecutionRecords(StoreBase):
     def unstarted_claims(self, tasks: Sequence[str], limit: int = 1000) -> list[Execution]:
         """Claims of these tasks that no run has taken yet (batch triggers), oldest first."""
         table = schema.executions
-        if not tasks:
-            return []
-        return self._executions(
-            sa.and_(table.c.task.in_(list(tasks)), table.c.status == status.CLAIMED, table.c.run_id == ""),
-            limit=limit,
-            order=table.c.created_at,
-        )
+        claims = [
+            claim
+            for part in chunks(list(tasks))
+            for claim in self._executions(
+                sa.and_(table.c.task.in_(part), table.c.status == status.CLAIMED, table.c.run_id == ""),
+                limit=limit,
+                order=table.c.created_at,
+            )
+        ]
+        return sorted(claims, key=lambda claim: claim.created_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc))[:limit]
 
     def close_unstarted(self, key: str, state: str, reason: str) -> bool:
         """Decide a claim no run took (`missed`, `skipped`): false when a run took it meanwhile."""

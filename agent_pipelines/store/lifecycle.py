@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from agent_pipelines.store import schema, status
-from agent_pipelines.store.base import StoreBase, aware, utcnow
+from agent_pipelines.store.base import StoreBase, aware, chunks, utcnow
 
 ASLEEP = "asleep"
 WAKING = "waking"
@@ -83,12 +83,14 @@ class LifecycleRecords(StoreBase):
         """Oldest first."""
         table = schema.lifecycle_events
         query = sa.select(table).order_by(table.c.at, table.c.id).limit(limit)
-        if agents is not None:
-            query = query.where(table.c.agent.in_(list(agents)))
         if since is not None:
             query = query.where(table.c.at >= since)
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            if agents is None:
+                rows = list(conn.execute(query))
+            else:  # in chunks (SQLite's limit of bound values), each its oldest `limit`, merged
+                parts = [conn.execute(query.where(table.c.agent.in_(part))).all() for part in chunks(list(agents))]
+                rows = sorted((row for part in parts for row in part), key=lambda row: (aware(row.at), row.id))[:limit]
         return [LifecycleEvent(row.agent, row.event, aware(row.at), row.detail) for row in rows]  # type: ignore[arg-type]
 
     def agents_in_flight(self, agents: Collection[str]) -> set[str]:
@@ -96,15 +98,16 @@ class LifecycleRecords(StoreBase):
         table = schema.executions
         if not agents:
             return set()
-        query = sa.select(table.c.agent).where(table.c.agent.in_(list(agents)), table.c.status.in_(IN_FLIGHT)).distinct()
+        query = sa.select(table.c.agent).where(table.c.status.in_(IN_FLIGHT)).distinct()
         with self.engine.connect() as conn:
-            return set(conn.execute(query).scalars())
+            return {agent for part in chunks(list(agents)) for agent in conn.execute(query.where(table.c.agent.in_(part))).scalars()}
 
     def last_used(self, agents: Collection[str]) -> dict[str, dt.datetime]:
         """When each agent's executions last changed (sent, answered, settled)."""
         table = schema.executions
         if not agents:
             return {}
-        query = sa.select(table.c.agent, sa.func.max(table.c.updated_at)).where(table.c.agent.in_(list(agents))).group_by(table.c.agent)
+        query = sa.select(table.c.agent, sa.func.max(table.c.updated_at)).group_by(table.c.agent)
         with self.engine.connect() as conn:
-            return {agent: aware(at) for agent, at in conn.execute(query).all() if at is not None}  # type: ignore[misc]
+            rows = [row for part in chunks(list(agents)) for row in conn.execute(query.where(table.c.agent.in_(part))).all()]
+        return {agent: aware(at) for agent, at in rows if at is not None}  # type: ignore[misc]
