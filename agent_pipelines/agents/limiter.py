@@ -11,7 +11,9 @@ the gradient limiter of Envoy's adaptive concurrency filter and Netflix concurre
 Gradient2. A *baseline* is the agent's latency without a queue of ours: measured, as Envoy
 measures its minimum RTT, by sending one request at a time for a few answers, when the limiter
 starts and then every 5 minutes (the baseline of a long overload would otherwise creep up
-with the queue it measures). Each answer's latency against it is the gradient,
+with the queue it measures). A request that leaves with none of ours ahead of it measures the
+same without a drain: the median of the latest three such answers is the baseline too, and
+puts the next probe off. Each answer's latency against it is the gradient,
 `clamp((tolerance * baseline + slack) / latency, 0.5, 1)` (tolerance 2, slack 0.1 s): below 1, requests queue inside the agent and the
 limit shrinks toward that share of itself (smoothed); at 1, it grows by one per round trip, as
 long as it is used.
@@ -24,7 +26,8 @@ our requests were in flight when it left (least squares over the recent answers)
 what one more request of ours costs, and the line at one request, `solo_s`, is the latency a
 request of ours alone would have under the others' load now. The baseline is the higher of the
 probe's and `solo_s`; the slope is taken one standard error steep, so a noisy fit leans towards
-the probe's baseline. Overload errors (429, 5xx, timeouts) cut the limit multiplicatively (AIMD),
+the probe's baseline; while the line's `solo_s` is above the baseline, a probe would only
+measure the others' queue at the cost of a drain, and waits. Overload errors (429, 5xx, timeouts) cut the limit multiplicatively (AIMD),
 once per round trip: the answers to requests sent before a cut say nothing new. The limit starts
 at the agent's `max_concurrency` and never exceeds it.
 
@@ -107,6 +110,8 @@ class LimiterState:
     answers: deque[tuple[int, float]] = field(default_factory=deque)
     #: the limit is 1 for now because the baseline is being measured (shown, not restored)
     probing: bool = False
+    #: latencies of the latest answers to requests sent alone (none of ours ahead or beside them)
+    alone: deque[float] = field(default_factory=deque)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +123,7 @@ class LimiterState:
             "solo_s": self.solo_s,
             "answers": [[n, latency] for n, latency in self.answers],
             "probing": self.probing,
+            "alone": list(self.alone),
         }
 
     @classmethod
@@ -131,6 +137,7 @@ class LimiterState:
             solo_s=_float_or_none(data.get("solo_s")),
             answers=deque((int(n), float(latency)) for n, latency in data.get("answers") or ()),
             probing=bool(data.get("probing")),
+            alone=deque(float(latency) for latency in data.get("alone") or ()),
         )
 
 
@@ -142,7 +149,9 @@ class GradientLimiter:
             raise ValueError("max_limit must be at least 1")
         self.max_limit = max_limit
         self.settings = settings or LimiterSettings()
-        self.state = LimiterState(estimate=float(max_limit), answers=deque(maxlen=self.settings.fit_window))
+        self.state = LimiterState(
+            estimate=float(max_limit), answers=deque(maxlen=self.settings.fit_window), alone=deque(maxlen=self.settings.probe_answers)
+        )
         self._last_cut_at = -math.inf
         self._probe_started_at: float | None = None
         self._probe: list[float] = []
@@ -187,7 +196,8 @@ class GradientLimiter:
         """Continue from a state another run learned (clamped to this agent's bounds)."""
         estimate = max(float(self.settings.min_limit), min(float(self.max_limit), state.estimate))
         answers = deque(state.answers, maxlen=self.settings.fit_window)
-        self.state = dataclasses.replace(state, estimate=estimate, answers=answers, probing=False)
+        alone = deque(state.alone, maxlen=self.settings.probe_answers)
+        self.state = dataclasses.replace(state, estimate=estimate, answers=answers, alone=alone, probing=False)
         self._moments = Moments.of(answers)
         self._line = self._moments.line(self.settings)
 
@@ -198,6 +208,8 @@ class GradientLimiter:
         latency_s = max(latency_s, 1e-6)
         state.samples += 1
         state.recent_s = _average(state.recent_s, latency_s, state.samples, s.recent_window)
+        if in_flight == 1:
+            self._measured_alone(latency_s, now)
         if self._probe_started_at is not None:
             if sent_at >= self._probe_started_at:
                 self._probe.append(latency_s)
@@ -215,6 +227,18 @@ class GradientLimiter:
                 return
         self._fit(in_flight, latency_s)
         self._adjust(latency_s, in_flight)
+
+    def _measured_alone(self, latency_s: float, now: float) -> None:
+        """An answer to a request sent with none of ours ahead of it measured what a probe
+        measures (the agent without a queue of ours): the baseline is the median of the latest
+        few, so an agent whose other clients' load has grown since the last probe is not judged
+        against what it was then, and the next probe, which would drain our requests to get the
+        same, is put off."""
+        s, state = self.settings, self.state
+        state.alone.append(latency_s)
+        if self._probe_started_at is None and state.baseline_s is not None and len(state.alone) >= s.probe_answers:
+            state.baseline_s = statistics.median(state.alone)
+            state.next_probe_at = now + s.probe_every_s
 
     def _fit(self, in_flight: int, latency_s: float) -> None:
         """Add the answer to the line and refit it (`solo_s` keeps the last line's while none forms)."""
@@ -254,10 +278,10 @@ class GradientLimiter:
             self._adjust(latency, when_sent, reference=before)
 
     def _others_queue_dominates(self) -> bool:
-        """The fitted line says one request of ours alone now waits well beyond the baseline:
-        the agent's latency is mostly others' queue."""
+        """The fitted line says one request of ours alone now waits beyond the baseline: the
+        agent is slow with others' queue, which a probe would only measure."""
         baseline = self.state.baseline_s
-        return baseline is not None and self._line is not None and self._line.solo_s > self.settings.tolerance * baseline
+        return baseline is not None and self._line is not None and self._line.solo_s > baseline
 
     def _adjust(self, latency_s: float, in_flight: int, reference: float | None = None) -> None:
         s, state = self.settings, self.state
