@@ -447,8 +447,21 @@ def test_a_limit_of_one_while_the_baseline_is_measured_says_so() -> None:
     assert "limit 1 (max 4; measuring its latency one request at a time)" in summary.describe()
     assert load_metadata(summary)["measuring_baseline"].value is True
     assert _load_columns(summary, 4)[0] == "1/4 (measuring)"
-    restored = GradientLimiter(4, state=LimiterState.from_json(limiter.state.to_json()))
-    assert not restored.state.probing, "a run that continues from this state is not measuring"
+
+
+def test_a_probe_a_window_run_began_is_ended_by_the_run_that_takes_over() -> None:
+    """Answers of 25 s behind a gateway's own cron, window runs of a minute: three answers one at
+    a time outlast the run that began the probe. The next run goes on with it instead of
+    beginning it again (which every run did, and the limit stayed at 1 for good)."""
+    first = GradientLimiter(4)
+    first.on_answer(25.0, in_flight=1, sent_at=0.0, now=25.0)  # the first answer: the probe begins
+    first.on_answer(25.0, in_flight=1, sent_at=25.0, now=50.0)
+    assert first.probing and first.state.probe == [25.0]
+    second = GradientLimiter(4, state=LimiterState.from_json(json.loads(json.dumps(first.state.to_json()))))
+    assert second.probing and second.limit == 1, "it goes on measuring"
+    second.on_answer(24.0, in_flight=1, sent_at=60.0, now=84.0)
+    second.on_answer(26.0, in_flight=1, sent_at=84.0, now=110.0)
+    assert not second.probing and second.baseline_s == 25.0 and second.limit == 4
 
 
 def test_the_running_sums_give_the_line_of_the_window() -> None:

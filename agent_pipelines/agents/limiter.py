@@ -27,9 +27,10 @@ what one more request of ours costs, and the line at one request, `solo_s`, is t
 request of ours alone would have under the others' load now. The baseline is the higher of the
 probe's and `solo_s`; the slope is taken one standard error steep, so a noisy fit leans towards
 the probe's baseline; while the line's `solo_s` is above the baseline, a probe would only
-measure the others' queue at the cost of a drain, and waits. Overload errors (429, 5xx, timeouts) cut the limit multiplicatively (AIMD),
-once per round trip: the answers to requests sent before a cut say nothing new. The limit starts
-at the agent's `max_concurrency` and never exceeds it.
+measure the others' queue at the cost of a drain, and waits. Overload errors (429, 5xx,
+timeouts) cut the limit multiplicatively (AIMD), once per round trip: the answers to requests
+sent before a cut say nothing new. The limit starts at the agent's `max_concurrency` and never
+exceeds it.
 
 `ConcurrencyGate` applies it on one event loop: permits up to the limit (less what other
 processes have in flight to the same agent, see `agent_pipelines.scheduling.load`), waiters
@@ -108,9 +109,12 @@ class LimiterState:
     solo_s: float | None = None
     #: the recent answers the line is fitted through: (our requests in flight when it left, latency)
     answers: deque[tuple[int, float]] = field(default_factory=deque)
-    #: the limit is 1 for now because the baseline is being measured (shown, not restored)
-    probing: bool = False
-    #: latencies of the latest answers to requests sent alone (none of ours ahead or beside them)
+    #: when the probe measuring the baseline began (None: not measuring), and its answers so far:
+    #: a run that takes over mid-probe goes on with it (with answers slower than a window run
+    #: lasts, every run would otherwise begin the probe again and none would end it)
+    probe_started_at: float | None = None
+    probe: list[float] = field(default_factory=list)
+    #: latencies of the latest answers to requests sent with none of ours ahead of them
     alone: deque[float] = field(default_factory=deque)
 
     def to_json(self) -> dict[str, Any]:
@@ -123,8 +127,15 @@ class LimiterState:
             "solo_s": self.solo_s,
             "answers": [[n, latency] for n, latency in self.answers],
             "probing": self.probing,
+            "probe_started_at": self.probe_started_at,
+            "probe": list(self.probe),
             "alone": list(self.alone),
         }
+
+    @property
+    def probing(self) -> bool:
+        """The limit is 1 for now because the baseline is being measured (shown)."""
+        return self.probe_started_at is not None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LimiterState:
@@ -136,7 +147,8 @@ class LimiterState:
             next_probe_at=_float_or_none(data.get("next_probe_at")),
             solo_s=_float_or_none(data.get("solo_s")),
             answers=deque((int(n), float(latency)) for n, latency in data.get("answers") or ()),
-            probing=bool(data.get("probing")),
+            probe_started_at=_float_or_none(data.get("probe_started_at")),
+            probe=[float(latency) for latency in data.get("probe") or ()],
             alone=deque(float(latency) for latency in data.get("alone") or ()),
         )
 
@@ -153,8 +165,6 @@ class GradientLimiter:
             estimate=float(max_limit), answers=deque(maxlen=self.settings.fit_window), alone=deque(maxlen=self.settings.probe_answers)
         )
         self._last_cut_at = -math.inf
-        self._probe_started_at: float | None = None
-        self._probe: list[float] = []
         self._unjudged: list[tuple[float, int]] = []  # answers waiting for the probe's baseline
         self._line: LatencyLine | None = None
         self._moments = Moments()  # of state.answers, kept as answers come and go (the batch path reads thousands a second)
@@ -169,7 +179,7 @@ class GradientLimiter:
 
     @property
     def probing(self) -> bool:
-        return self._probe_started_at is not None
+        return self.state.probing
 
     @property
     def baseline_s(self) -> float | None:
@@ -197,7 +207,7 @@ class GradientLimiter:
         estimate = max(float(self.settings.min_limit), min(float(self.max_limit), state.estimate))
         answers = deque(state.answers, maxlen=self.settings.fit_window)
         alone = deque(state.alone, maxlen=self.settings.probe_answers)
-        self.state = dataclasses.replace(state, estimate=estimate, answers=answers, alone=alone, probing=False)
+        self.state = dataclasses.replace(state, estimate=estimate, answers=answers, alone=alone, probe=list(state.probe))
         self._moments = Moments.of(answers)
         self._line = self._moments.line(self.settings)
 
@@ -210,20 +220,19 @@ class GradientLimiter:
         state.recent_s = _average(state.recent_s, latency_s, state.samples, s.recent_window)
         if in_flight == 1:
             self._measured_alone(latency_s, now)
-        if self._probe_started_at is not None:
-            if sent_at >= self._probe_started_at:
-                self._probe.append(latency_s)
+        if state.probe_started_at is not None:
+            if sent_at >= state.probe_started_at:
+                state.probe.append(latency_s)
             else:
                 self._unjudged.append((latency_s, in_flight))
-            if len(self._probe) >= s.probe_answers or self._draining_changed_nothing():
+            if len(state.probe) >= s.probe_answers or self._draining_changed_nothing():
                 self._end_probe(now)
             return
         if state.baseline_s is None or state.next_probe_at is None or now >= state.next_probe_at:
             if self._others_queue_dominates():
                 state.next_probe_at = now + s.probe_every_s  # a probe would measure their queue, at the cost of a drain
             else:
-                self._probe_started_at, self._probe, self._unjudged = now, [], [(latency_s, in_flight)]
-                state.probing = True
+                state.probe_started_at, state.probe, self._unjudged = now, [], [(latency_s, in_flight)]
                 return
         self._fit(in_flight, latency_s)
         self._adjust(latency_s, in_flight)
@@ -236,7 +245,7 @@ class GradientLimiter:
         same, is put off."""
         s, state = self.settings, self.state
         state.alone.append(latency_s)
-        if self._probe_started_at is None and state.baseline_s is not None and len(state.alone) >= s.probe_answers:
+        if state.probe_started_at is None and state.baseline_s is not None and len(state.alone) >= s.probe_answers:
             state.baseline_s = statistics.median(state.alone)
             state.next_probe_at = now + s.probe_every_s
 
@@ -253,15 +262,16 @@ class GradientLimiter:
         slow, so more answers one at a time could not make those look like queueing. Each costs
         a full answer at a limit of 1, which is what the probe of an agent slow with others'
         queue (an LLM gateway's own cron jobs) cannot afford: it ends at the first."""
-        if len(self._probe) != 1:
+        probe = self.state.probe
+        if len(probe) != 1:
             return False
         sent_with_others = [latency for latency, in_flight in self._unjudged if in_flight > 1]
-        tolerated = self.settings.tolerance * self._probe[0] + self.settings.slack_s
+        tolerated = self.settings.tolerance * probe[0] + self.settings.slack_s
         return bool(sent_with_others) and max(sent_with_others) <= tolerated
 
     def _end_probe(self, now: float) -> None:
         s, state = self.settings, self.state
-        state.baseline_s = statistics.median(self._probe)
+        state.baseline_s = statistics.median(state.probe)
         state.next_probe_at = now + s.probe_every_s
         # What arrived meanwhile left before the probe: it is judged against the new baseline or
         # what the line said of the others' queue then, whichever is higher, as it would have
@@ -270,10 +280,9 @@ class GradientLimiter:
         # The probe measured one request alone directly: the line starts again from its
         # answers (an old line would keep a queue of others that has since gone).
         self._forget_line()
-        for latency in self._probe:
+        for latency in state.probe:
             self._remember(1, latency)
-        unjudged, self._probe_started_at, self._probe, self._unjudged = self._unjudged, None, [], []
-        state.probing = False
+        unjudged, state.probe_started_at, state.probe, self._unjudged = self._unjudged, None, [], []
         for latency, when_sent in unjudged:
             self._adjust(latency, when_sent, reference=before)
 
