@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from agent_pipelines.store import schema
-from agent_pipelines.store.base import StoreBase, aware, chunks, utcnow
+from agent_pipelines.store.base import StoreBase, aware, select_in, utcnow
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,7 @@ class AgentHealthRecords(StoreBase):
         table = schema.agent_health
         statement = sa.select(table)
         with self.engine.connect() as conn:
-            if agents is None:
-                rows = list(conn.execute(statement).mappings())
-            else:  # in chunks: a fleet of 40,000 nodes is past SQLite's limit of bound values
-                rows = [row for part in chunks(list(agents)) for row in conn.execute(statement.where(table.c.agent.in_(part))).mappings()]
+            rows = [row._mapping for row in select_in(conn, statement, table.c.agent, agents)]
         return {
             row["agent"]: AgentHealth(
                 agent=row["agent"],

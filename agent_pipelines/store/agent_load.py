@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from agent_pipelines.store import schema
-from agent_pipelines.store.base import StoreBase, aware, chunks, json_or_none
+from agent_pipelines.store.base import StoreBase, aware, json_or_none, select_in
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,7 @@ class AgentLoadRecords(StoreBase):
         if since is not None:
             statement = statement.where(table.c.updated_at >= since)
         with self.engine.connect() as conn:
-            if agents is None:
-                rows = list(conn.execute(statement).mappings())
-            else:
-                rows = [row for part in chunks(list(agents)) for row in conn.execute(statement.where(table.c.agent.in_(part))).mappings()]
+            rows = [row._mapping for row in select_in(conn, statement, table.c.agent, agents)]
         rows.sort(key=lambda row: aware(row["updated_at"]), reverse=True)
         return [
             AgentLoad(
@@ -125,5 +122,5 @@ class AgentLoadRecords(StoreBase):
             .group_by(table.c.task)
         )
         with self.engine.connect() as conn:
-            rows = [row for part in chunks(list(tasks)) for row in conn.execute(statement.where(table.c.task.in_(part))).all()]
+            rows = select_in(conn, statement, table.c.task, tasks)
         return {task: aware(due) for task, due in rows if due is not None}  # type: ignore[misc]

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from agent_pipelines.store import schema, status
-from agent_pipelines.store.base import StoreBase, aware, chunks, json_or_none, utcnow
+from agent_pipelines.store.base import StoreBase, aware, chunks, json_or_none, select_in, utcnow
 
 
 @dataclass(frozen=True)
@@ -217,9 +217,8 @@ class ExecutionRecords(StoreBase):
         )
         held: collections.Counter[str] = collections.Counter()
         with self.engine.connect() as conn:
-            parts = [statement] if tasks is None else [statement.where(table.c.task.in_(part)) for part in chunks(list(tasks))]
-            for part in parts:
-                held.update({run_id: int(count) for run_id, count in conn.execute(part).all()})
+            for run_id, count in select_in(conn, statement, table.c.task, tasks):  # a run's count per chunk: summed
+                held[run_id] += int(count)
         return dict(held)
 
     def take_over(self, keys: Sequence[str], run_id: str, now: dt.datetime) -> set[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from agent_pipelines.store import schema, status
-from agent_pipelines.store.base import StoreBase, aware, chunks, utcnow
+from agent_pipelines.store.base import StoreBase, aware, select_in, utcnow
 
 ASLEEP = "asleep"
 WAKING = "waking"
@@ -86,11 +86,9 @@ class LifecycleRecords(StoreBase):
         if since is not None:
             query = query.where(table.c.at >= since)
         with self.engine.connect() as conn:
-            if agents is None:
-                rows = list(conn.execute(query))
-            else:  # in chunks (SQLite's limit of bound values), each its oldest `limit`, merged
-                parts = [conn.execute(query.where(table.c.agent.in_(part))).all() for part in chunks(list(agents))]
-                rows = sorted((row for part in parts for row in part), key=lambda row: (aware(row.at), row.id))[:limit]
+            rows = select_in(conn, query, table.c.agent, agents)
+        # asked in chunks, each its oldest `limit`: merged
+        rows = sorted(rows, key=lambda row: (aware(row.at), row.id))[:limit]
         return [LifecycleEvent(row.agent, row.event, aware(row.at), row.detail) for row in rows]  # type: ignore[arg-type]
 
     def agents_in_flight(self, agents: Collection[str]) -> set[str]:
@@ -100,7 +98,7 @@ class LifecycleRecords(StoreBase):
             return set()
         query = sa.select(table.c.agent).where(table.c.status.in_(IN_FLIGHT)).distinct()
         with self.engine.connect() as conn:
-            return {agent for part in chunks(list(agents)) for agent in conn.execute(query.where(table.c.agent.in_(part))).scalars()}
+            return {row.agent for row in select_in(conn, query, table.c.agent, agents)}
 
     def last_used(self, agents: Collection[str]) -> dict[str, dt.datetime]:
         """When each agent's executions last changed (sent, answered, settled)."""
@@ -109,5 +107,5 @@ class LifecycleRecords(StoreBase):
             return {}
         query = sa.select(table.c.agent, sa.func.max(table.c.updated_at)).group_by(table.c.agent)
         with self.engine.connect() as conn:
-            rows = [row for part in chunks(list(agents)) for row in conn.execute(query.where(table.c.agent.in_(part))).all()]
+            rows = select_in(conn, query, table.c.agent, agents)
         return {agent: aware(at) for agent, at in rows if at is not None}  # type: ignore[misc]
